@@ -1,0 +1,150 @@
+"""Chat messages -> one prompt string.
+
+A GGUF usually carries its own Jinja chat template (`tokenizer.chat_template`); when it
+does we render exactly that, in a sandbox, the way Hugging Face's `apply_chat_template`
+does. The default Gemma 3 270M GGUF carries none, so a model without a template gets a
+fallback chosen by architecture:
+
+* `gemma*`: Gemma's turn format. Gemma has no system role, so system (and developer)
+  messages are folded into the first user turn, separated by a blank line, exactly as
+  Google's own template does::
+
+      <start_of_turn>user
+      {system}\\n\\n{user}<end_of_turn>
+      <start_of_turn>model
+      {assistant}<end_of_turn>
+      <start_of_turn>model
+
+* anything else: ChatML (`<|im_start|>role\\n...<|im_end|>`), the most widely trained
+  format among instruction-tuned GGUFs without a template.
+
+The BOS token is not written by the fallbacks: the engine adds it when it tokenizes (and
+drops a duplicate when a GGUF template writes `{{ bos_token }}` itself).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+from core.errors import BadRequest
+
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def message_text(message: Any, index: int) -> tuple[str, str]:
+    """(role, text) of one OpenAI message; content may be a string or a list of parts.
+
+    Only text parts are accepted: this engine has no vision projector, and silently
+    dropping an image would produce an answer to a question nobody asked.
+    """
+    if not isinstance(message, dict):
+        raise BadRequest(f"messages[{index}] must be an object", param=f"messages[{index}]")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise BadRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}, got {role!r}",
+                         param=f"messages[{index}].role")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(
+                    part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise BadRequest(f"messages[{index}].content[{j}]: only text parts are supported",
+                                 param=f"messages[{index}].content")
+        content = "".join(parts)
+    if not isinstance(content, str):
+        raise BadRequest(f"messages[{index}].content must be a string or a list of text parts",
+                         param=f"messages[{index}].content")
+    return role, content
+
+
+def normalize(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """Validated `{"role", "content"}` dicts with string content."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadRequest("messages must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        role, text = message_text(m, i)
+        out.append({"role": role, "content": text})
+    return out
+
+
+def fallback_format(architecture: str) -> str:
+    """Which built-in format a template-less model gets: 'gemma' or 'chatml'."""
+    return "gemma" if architecture.lower().startswith("gemma") else "chatml"
+
+
+def render_gemma(messages: list[dict[str, str]]) -> str:
+    """Gemma turns; system/developer text is prepended to the first user turn."""
+    system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+    turns = [m for m in messages if m["role"] not in ("system", "developer")]
+    prefix = "\n\n".join(s.strip() for s in system if s.strip())
+    out: list[str] = []
+    if prefix and (not turns or turns[0]["role"] != "user"):
+        # A system prompt with no user turn after it still has to reach the model.
+        turns.insert(0, {"role": "user", "content": ""})
+    for i, m in enumerate(turns):
+        text = m["content"].strip()
+        if i == 0 and prefix:
+            text = f"{prefix}\n\n{text}" if text else prefix
+        role = "model" if m["role"] == "assistant" else "user"
+        out.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
+    out.append("<start_of_turn>model\n")
+    return "".join(out)
+
+
+def render_chatml(messages: list[dict[str, str]]) -> str:
+    """ChatML; developer messages map to the system role."""
+    out = []
+    for m in messages:
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append(f"<|im_start|>{role}\n{m['content']}<|im_end|>\n")
+    out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> Any:
+    """A sandboxed Jinja template; sandboxed because the template comes from a file we
+    downloaded, and a template is code."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+def render_template(template: str, messages: list[dict[str, str]], *, bos_token: str,
+                    eos_token: str) -> str:
+    """Render a GGUF's own chat template with the variables HF templates expect."""
+    import jinja2
+
+    try:
+        return _compile(template).render(messages=messages, bos_token=bos_token,
+                                         eos_token=eos_token, add_generation_prompt=True)
+    except jinja2.TemplateError as exc:
+        # The template's own raise_exception() (e.g. "roles must alternate") is the
+        # user's error, and its message says what to fix.
+        raise BadRequest(f"chat template rejected the messages: {exc}",
+                         param="messages") from None
+
+
+def render(messages: Sequence[Any], *, template: str | None, architecture: str,
+           bos_token: str = "", eos_token: str = "") -> str:
+    """The prompt for `messages`: the model's template if it has one, else the fallback."""
+    msgs = normalize(messages)
+    if template:
+        return render_template(template, msgs, bos_token=bos_token, eos_token=eos_token)
+    if fallback_format(architecture) == "gemma":
+        return render_gemma(msgs)
+    return render_chatml(msgs)

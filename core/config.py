@@ -1,0 +1,121 @@
+"""Settings: one typed object, read from the environment once and validated at start.
+
+Every CLI flag has an environment twin (`STRATO_*`); the CLI overrides fields with
+`dataclasses.replace`. Cloud credentials and endpoints are deliberately absent: each SDK
+reads its own standard variables (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST,
+AZURE_STORAGE_CONNECTION_STRING, ...), so one deployment works on emulators and clouds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from core.errors import BadRequest
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'8GiB' -> 8589934592. Binary units; a bare number is bytes."""
+    s = text.strip().lower().replace(" ", "")
+    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(digits):]
+    if not digits or unit not in _UNITS:
+        raise BadRequest(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")
+    return int(float(digits) * _UNITS[unit])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "strato"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None                 # STRATO_MODEL: default model reference
+    host: str = "127.0.0.1"                  # STRATO_HOST
+    port: int = 8080                         # STRATO_PORT
+    ctx: int = 4096                          # STRATO_CTX: context tokens (per model)
+    threads: int | None = None               # STRATO_THREADS: None = all cores
+    parallel: int = 8                        # STRATO_PARALLEL: concurrent sequences
+    max_queue: int = 64                      # STRATO_MAX_QUEUE: waiting requests
+    max_body: int = 4 << 20                  # STRATO_MAX_BODY: request bytes (413 past it)
+    max_tokens_limit: int = 32768            # STRATO_MAX_TOKENS_LIMIT: absurd above this
+    load_timeout: float = 600.0              # STRATO_LOAD_TIMEOUT: wait for a load, else 503
+    api_key: str | None = None               # STRATO_API_KEY: bearer key, optional
+    registry: str | None = None              # STRATO_REGISTRY: fsspec root of manifests/blobs
+    tiers: str = ""                          # STRATO_TIERS: "" = default_tiers()
+    allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = all schemes
+    streams: int = 16                        # STRATO_STREAMS: concurrent ranged reads
+    chunk: int = 8 << 20                     # STRATO_CHUNK: bytes per ranged read / chunk
+    promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
+    prefetch_threshold: float = 0.5          # STRATO_PREFETCH_THRESHOLD
+    n_gpu_layers: int | None = None          # STRATO_GPU_LAYERS: None = computed
+    log_level: str = "INFO"                  # STRATO_LOG_LEVEL
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def default_tiers(self) -> str:
+        """RAM plus a local disk cache: what a laptop or a container wants."""
+        return f"ram:4GiB,disk:{default_cache_dir()}:20GiB"
+
+    def tiers_spec(self) -> str:
+        return self.tiers or self.default_tiers()
+
+    def public(self) -> dict[str, Any]:
+        """For the one start-up log line: everything but the key."""
+        data = asdict(self)
+        data["api_key"] = "***" if self.api_key else None
+        return data
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(f"STRATO_{name}")
+    return value if value not in (None, "") else None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate Settings from `STRATO_*` variables."""
+    env = os.environ if env is None else env
+    kwargs: dict[str, Any] = {}
+    ints = {"PORT": "port", "CTX": "ctx", "THREADS": "threads", "PARALLEL": "parallel",
+            "MAX_QUEUE": "max_queue", "STREAMS": "streams", "GPU_LAYERS": "n_gpu_layers",
+            "MAX_TOKENS_LIMIT": "max_tokens_limit"}
+    sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
+    floats = {"LOAD_TIMEOUT": "load_timeout", "PROMOTE_PER_HOUR": "promote_per_hour",
+              "PREFETCH_THRESHOLD": "prefetch_threshold"}
+    strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
+               "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}
+    for name, attr in ints.items():
+        if (v := _env(env, name)) is not None:
+            try:
+                kwargs[attr] = int(v)
+            except ValueError:
+                raise BadRequest(f"STRATO_{name} must be an integer, got {v!r}") from None
+    for name, attr in sizes.items():
+        if (v := _env(env, name)) is not None:
+            kwargs[attr] = parse_size(v)
+    for name, attr in floats.items():
+        if (v := _env(env, name)) is not None:
+            try:
+                kwargs[attr] = float(v)
+            except ValueError:
+                raise BadRequest(f"STRATO_{name} must be a number, got {v!r}") from None
+    for name, attr in strings.items():
+        if (v := _env(env, name)) is not None:
+            kwargs[attr] = v
+    if (v := _env(env, "ALLOWED_SOURCES")) is not None:
+        kwargs["allowed_sources"] = tuple(p.strip() for p in v.split(",") if p.strip())
+    return validate(Settings(**kwargs))
+
+
+def validate(settings: Settings) -> Settings:
+    if not 0 < settings.port < 65536:
+        raise BadRequest(f"port out of range: {settings.port}")
+    for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
+        if getattr(settings, attr) <= 0:
+            raise BadRequest(f"{attr} must be positive, got {getattr(settings, attr)}")
+    return settings

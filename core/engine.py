@@ -1,0 +1,338 @@
+"""`LlamaEngine`: one loaded GGUF served by a continuous-batching scheduler.
+
+The engine owns the llama.cpp model, one generation context (run by `core.scheduler`)
+and, lazily, a separate embedding context. Handlers see only the `Engine` protocol of
+`core.generation`: an async stream of `TokenEvent`s per request.
+
+Admission happens at the first `__anext__` of `generate()` (or eagerly with `submit()`):
+that is where a prompt longer than the context raises `ContextOverflow` and a full queue
+raises `QueueFull`, before any event is yielded, so a handler that awaits the first event
+before sending headers can still answer with a proper 400 / 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence as Seq
+
+import llama_cpp as ll
+
+from core import chat
+from core.config import Settings
+from core.errors import BadRequest, ContextOverflow
+from core.generation import GenerationRequest, ModelInfo, TokenEvent
+from core.sampling import SamplerChain, validate
+from core.scheduler import Scheduler, Sequence
+from tiers.errors import CorruptModel, ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+DEFAULT_STEP_TOKENS = 512
+EMBED_CTX = 2048
+
+
+def _init_backend() -> None:
+    """llama_backend_init once per process; quiet llama.cpp's load chatter."""
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+            ll.llama_backend_init()
+            _backend_ready = True
+
+
+def _meta(model: Any, key: str) -> str | None:
+    buf = ctypes.create_string_buffer(256)
+    n = ll.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    if n < 0:
+        return None
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        ll.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any
+    vocab: Any
+    ctx: Any
+
+
+class LlamaEngine:
+    """A loaded model; satisfies `core.generation.Engine`."""
+
+    def __init__(self, path: str, name: str, settings: Settings, loaded: _Loaded,
+                 info: ModelInfo) -> None:
+        self.path = path
+        self.settings = settings
+        self.info = info
+        self._model, self._vocab, self._ctx = loaded.model, loaded.vocab, loaded.ctx
+        self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._bos = ll.llama_vocab_bos(self._vocab)
+        self._add_bos_default = bool(ll.llama_vocab_get_add_bos(self._vocab))
+        self._bos_text = self._token_text(self._bos)
+        self._eos_text = self._token_text(ll.llama_vocab_eos(self._vocab))
+        self._embed_ctx: Any = None
+        self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix=f"strato-embed-{name}")
+        self._closed = False
+        self.scheduler = Scheduler(
+            llama=ll, ctx=self._ctx, n_ctx=info.n_ctx, n_slots=settings.parallel,
+            step_tokens=int(settings.extra.get("step_tokens", DEFAULT_STEP_TOKENS)),
+            max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog, name=name)
+
+    # -- loading ------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, *, name: str, settings: Settings,
+             n_gpu_layers: int = 0) -> "LlamaEngine":
+        """Load a GGUF (a file or /proc/self/fd/N) and start its scheduler. Blocking.
+
+        Raises ObjectNotFound when the path does not exist and CorruptModel when
+        llama.cpp cannot load the bytes (bad magic, truncated tensors, unknown arch).
+        """
+        if not os.path.exists(path):
+            raise ObjectNotFound(f"model file not found: {path}")
+        _init_backend()
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        model = ll.llama_model_load_from_file(path.encode(), mparams)
+        if not model:
+            raise CorruptModel(f"llama.cpp could not load {path} ({os.path.getsize(path)} "
+                               f"bytes): not a valid GGUF, truncated, or an unsupported "
+                               f"architecture")
+        try:
+            n_ctx_train = ll.llama_model_n_ctx_train(model)
+            n_ctx = min(settings.ctx, n_ctx_train) if n_ctx_train > 0 else settings.ctx
+            step = int(settings.extra.get("step_tokens", DEFAULT_STEP_TOKENS))
+            cparams = ll.llama_context_default_params()
+            cparams.n_ctx = n_ctx
+            cparams.n_batch = step
+            cparams.n_ubatch = min(step, 512)
+            cparams.n_seq_max = settings.parallel
+            threads = settings.threads or os.cpu_count() or 1
+            cparams.n_threads = cparams.n_threads_batch = threads
+            # One unified cache shared by all sequences: a sequence may use the whole
+            # context, and llama_memory_seq_cp can share prefix cells between sequences.
+            cparams.kv_unified = True
+            # Full-size sliding-window caches (Gemma 3): partial seq_rm / seq_cp of a
+            # prefix stay valid, which prefix reuse depends on.
+            cparams.swa_full = True
+            cparams.no_perf = True
+            ctx = ll.llama_init_from_model(model, cparams)
+            if not ctx:
+                raise CorruptModel(f"llama.cpp could not create a context for {path} "
+                                   f"(n_ctx={n_ctx}, parallel={settings.parallel})")
+        except BaseException:
+            ll.llama_model_free(model)
+            raise
+        vocab = ll.llama_model_get_vocab(model)
+        template = ll.llama_model_chat_template(model, None)
+        desc = ctypes.create_string_buffer(256)
+        ll.llama_model_desc(model, desc, len(desc))
+        info = ModelInfo(
+            name=name,
+            architecture=_meta(model, "general.architecture") or "unknown",
+            n_ctx=n_ctx,
+            n_ctx_train=n_ctx_train,
+            chat_template=template.decode("utf-8", errors="replace") if template else None,
+            file_type=desc.value.decode(errors="replace").split(" ", 2)[-1] or None,
+            size_bytes=os.path.getsize(path),
+        )
+        log.info("loaded %s: %s, n_ctx=%d, parallel=%d", name, desc.value.decode(errors="replace"),
+                 n_ctx, settings.parallel)
+        return cls(path, name, settings, _Loaded(model, vocab, ctx), info)
+
+    # -- tokens -------------------------------------------------------------------
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return (ll.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Tokens of `text`; special tokens in the text (`<start_of_turn>`) are parsed.
+
+        A chat template that writes `{{ bos_token }}` itself plus add_bos would give
+        two BOS tokens, which degrades Gemma's output; the duplicate is dropped.
+        """
+        data = text.encode("utf-8")
+        add = add_bos and self._add_bos_default
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add, True)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add, True)
+        tokens = list(buf[:n])
+        if add and len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos:
+            tokens.pop(0)
+        return tokens
+
+    def render_chat(self, messages: Seq[dict]) -> str:
+        return chat.render(messages, template=self.info.chat_template,
+                           architecture=self.info.architecture, bos_token=self._bos_text,
+                           eos_token=self._eos_text)
+
+    # -- generation ---------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> "Stream":
+        """Validate and queue `request` now; raises BadRequest, ContextOverflow, QueueFull.
+
+        Must be called on the event loop that will consume the returned stream.
+        """
+        if self._closed:
+            raise BadRequest("model is closed")
+        if request.max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        validate(request.sampling)
+        prompt = self.tokenize(request.prompt, add_bos=request.add_bos)
+        if not prompt:
+            raise BadRequest("prompt is empty", param="prompt")
+        if len(prompt) >= self.info.n_ctx:
+            raise ContextOverflow(
+                f"prompt is {len(prompt)} tokens; this model's context is {self.info.n_ctx} "
+                f"tokens (including the answer). Shorten the prompt.", param="messages")
+        sampler = SamplerChain(ll, self._vocab, self._n_vocab, request.sampling, request.grammar)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenEvent | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is gone: nobody is listening
+                seq.cancelled = True
+
+        seq = Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit)
+        try:
+            self.scheduler.submit(seq)
+        except BaseException:
+            sampler.free()
+            raise
+        return Stream(self.scheduler, seq, queue)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream token events; closing the generator frees the sequence at once."""
+        stream = self.submit(request)
+        async with stream:
+            async for event in stream:
+                yield event
+
+    async def embed(self, inputs: Seq[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled, L2-normalised vectors, computed in a separate embedding context
+        on its own thread so that embeddings never stall the generation scheduler."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        token_lists = [self.tokenize(text) for text in inputs]
+        n_ctx = min(EMBED_CTX, self.info.n_ctx)
+        for i, toks in enumerate(token_lists):
+            if len(toks) > n_ctx:
+                raise ContextOverflow(f"input[{i}] is {len(toks)} tokens; embeddings take at "
+                                      f"most {n_ctx}", param="input")
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._embed_pool, self._embed_sync,
+                                             token_lists, n_ctx)
+        return vectors, sum(len(t) for t in token_lists)
+
+    def _embed_sync(self, token_lists: list[list[int]], n_ctx: int) -> list[list[float]]:
+        if self._embed_ctx is None:
+            cparams = ll.llama_context_default_params()
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+            cparams.n_seq_max = 1
+            cparams.embeddings = True
+            cparams.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
+            threads = self.settings.threads or os.cpu_count() or 1
+            cparams.n_threads = cparams.n_threads_batch = threads
+            cparams.no_perf = True
+            self._embed_ctx = ll.llama_init_from_model(self._model, cparams)
+            if not self._embed_ctx:
+                raise RuntimeError("llama.cpp could not create the embedding context")
+        ctx = self._embed_ctx
+        n_embd = ll.llama_model_n_embd(self._model)
+        out = []
+        batch = ll.llama_batch_init(n_ctx, 0, 1)
+        try:
+            for toks in token_lists:
+                ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+                for i, t in enumerate(toks):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                batch.n_tokens = len(toks)
+                if ll.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed while embedding")
+                ptr = ll.llama_get_embeddings_seq(ctx, 0)
+                vec = [float(ptr[i]) for i in range(n_embd)]
+                norm = sum(v * v for v in vec) ** 0.5 or 1.0
+                out.append([v / norm for v in vec])
+        finally:
+            ll.llama_batch_free(batch)
+        return out
+
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth()
+
+    def close(self) -> None:
+        """Stop the scheduler (waiting and running requests get ModelUnavailable), then
+        free the contexts and the model. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.scheduler.close()
+        self._embed_pool.shutdown(wait=True)
+        if self._embed_ctx is not None:
+            ll.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+        ll.llama_free(self._ctx)
+        ll.llama_model_free(self._model)
+
+
+class Stream:
+    """The consumer side of one sequence: iterate events; leaving early cancels it."""
+
+    def __init__(self, scheduler: Scheduler, seq: Sequence,
+                 queue: asyncio.Queue[TokenEvent | BaseException]) -> None:
+        self._scheduler, self.seq, self._queue = scheduler, seq, queue
+        self._finished = False  # consumer side: the final event (or an error) was read
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        if item.finish_reason is not None:
+            self._finished = True
+        return item
+
+    async def __aenter__(self) -> "Stream":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._finished:
+            self._scheduler.cancel(self.seq)

@@ -1,0 +1,107 @@
+"""Per-sequence sampler chains over llama.cpp's sampler API.
+
+Every running sequence owns one `llama_sampler` chain built from its request's
+parameters, so eight streams in one batch can each have their own temperature, seed,
+penalties and grammar. Which samplers go into a chain, in which order and with which
+arguments is decided by `chain_spec`, a pure function (unit-tested without a model);
+`SamplerChain` only turns that spec into llama.cpp objects.
+
+Order follows llama.cpp's server: grammar first (it must see every candidate, or it can
+be left with none), then penalties, top-k, top-p, min-p, temperature, and finally the
+seeded distribution draw; temperature 0 replaces the tail with a greedy argmax.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import BadRequest
+from core.generation import SamplingParams
+
+# llama.cpp server default: penalties look at the last 64 tokens.
+PENALTY_LAST_N = 64
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
+
+
+def validate(params: SamplingParams) -> None:
+    """Reject values llama.cpp would misbehave on (NaN, negative temperature, ...)."""
+    checks = [
+        (params.temperature >= 0 and params.temperature == params.temperature,
+         "temperature", "must be >= 0"),
+        (0.0 <= params.top_p <= 1.0, "top_p", "must be between 0 and 1"),
+        (params.top_k >= 0, "top_k", "must be >= 0"),
+        (0.0 <= params.min_p <= 1.0, "min_p", "must be between 0 and 1"),
+        (params.repeat_penalty > 0, "repeat_penalty", "must be > 0"),
+        (-2.0 <= params.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]"),
+        (-2.0 <= params.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]"),
+    ]
+    for ok, name, why in checks:
+        if not ok:
+            raise BadRequest(f"{name} {why}", param=name)
+
+
+def chain_spec(params: SamplingParams, has_grammar: bool) -> list[tuple[str, tuple[Any, ...]]]:
+    """The sampler chain for `params`, as (sampler name, arguments) in order."""
+    spec: list[tuple[str, tuple[Any, ...]]] = []
+    if has_grammar:
+        spec.append(("grammar", ()))
+    if (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0):
+        spec.append(("penalties", (PENALTY_LAST_N, params.repeat_penalty,
+                                   params.frequency_penalty, params.presence_penalty)))
+    if params.temperature <= 0:
+        spec.append(("greedy", ()))
+        return spec
+    if params.top_k > 0:
+        spec.append(("top_k", (params.top_k,)))
+    if params.top_p < 1.0:
+        spec.append(("top_p", (params.top_p, 1)))
+    if params.min_p > 0.0:
+        spec.append(("min_p", (params.min_p, 1)))
+    spec.append(("temp", (params.temperature,)))
+    seed = RANDOM_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+    spec.append(("dist", (seed,)))
+    return spec
+
+
+class SamplerChain:
+    """One llama.cpp sampler chain; `sample` draws from logits row `idx` and accepts the
+    token (penalty history and grammar state advance with it)."""
+
+    def __init__(self, llama: Any, vocab: Any, n_vocab: int, params: SamplingParams,
+                 grammar: str | None) -> None:
+        self._ll = llama
+        chain_params = llama.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain = llama.llama_sampler_chain_init(chain_params)
+        try:
+            for name, args in chain_spec(params, grammar is not None):
+                self._chain_add(self._make(name, args, vocab, n_vocab, grammar))
+        except BaseException:
+            self.free()
+            raise
+
+    def _make(self, name: str, args: tuple[Any, ...], vocab: Any, n_vocab: int,
+              grammar: str | None) -> Any:
+        ll = self._ll
+        if name == "grammar":
+            sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not sampler:
+                raise BadRequest("invalid grammar: llama.cpp could not parse it",
+                                 param="response_format")
+            return sampler
+        if name == "penalties":
+            return ll.llama_sampler_init_penalties(n_vocab, *args)
+        return getattr(ll, f"llama_sampler_init_{name}")(*args)
+
+    def _chain_add(self, sampler: Any) -> None:
+        # The chain takes ownership: freeing the chain frees its samplers.
+        self._ll.llama_sampler_chain_add(self._chain, sampler)
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        return int(self._ll.llama_sampler_sample(self._chain, ctx, idx))
+
+    def free(self) -> None:
+        if self._chain:
+            self._ll.llama_sampler_free(self._chain)
+            self._chain = None

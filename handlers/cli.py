@@ -1,0 +1,272 @@
+"""The `strato` console script.
+
+Each subcommand is one small function plus the flags it adds, registered in `COMMANDS`;
+adding a subcommand means appending one `Command`. Settings come from `STRATO_*`
+(core.config.from_env) and the flags given override them with `dataclasses.replace`,
+so every flag has an environment twin. Failures print one line naming the cause and
+exit non-zero; tracebacks are for bugs, not for a missing file or a bad digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from core.config import Settings, from_env, validate
+from core.errors import BadRequest, StratoError
+from tiers.errors import StorageError
+
+# Flags that map one-to-one onto Settings fields (flag dest -> field name).
+SETTINGS_FLAGS = ("model", "host", "port", "ctx", "threads", "registry", "tiers",
+                  "api_key", "log_level")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Settings], int]
+
+
+# --- serve ---------------------------------------------------------------------------
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model reference (env STRATO_MODEL); "
+                   "default: the bundled Gemma 3 270M")
+    p.add_argument("--host", help="bind address (env STRATO_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env STRATO_PORT, default 8080)")
+    p.add_argument("--api-key", dest="api_key", help="require this bearer key "
+                   "(env STRATO_API_KEY)")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """OpenAI API on uvicorn until interrupted."""
+    import uvicorn
+
+    from handlers.http import build_service, serve_app
+
+    app = serve_app(settings, build_service(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    return 0
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model reference (name:tag, path, s3://, ...)")
+    p.add_argument("prompt", nargs="?", help="one prompt; without it, an interactive chat")
+    p.add_argument("--max-tokens", type=int, default=512, help="per answer (default 512)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """One answer to PROMPT, or a chat read from stdin until EOF or /bye."""
+    if args.max_tokens < 1:
+        raise BadRequest("--max-tokens must be at least 1")
+    return asyncio.run(_run(args, settings))
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from core.generation import GenerationRequest, SamplingParams
+    from handlers.http import build_service
+
+    service = build_service(settings)
+    try:
+        engine = await service.engine(args.model)
+        sampling = SamplingParams(temperature=args.temperature)
+        history: list[dict[str, str]] = []
+        interactive = args.prompt is None
+        loop = asyncio.get_running_loop()
+        while True:
+            if interactive:
+                line = await loop.run_in_executor(None, _read_line, ">>> ")
+                if line is None or line.strip() in ("/bye", "/exit"):
+                    return 0
+                if not line.strip():
+                    continue
+            else:
+                line = args.prompt
+            history.append({"role": "user", "content": line})
+            request = GenerationRequest(prompt=engine.render_chat(history),
+                                        max_tokens=args.max_tokens, sampling=sampling)
+            parts = []
+            async for event in engine.generate(request):
+                parts.append(event.text)
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            history.append({"role": "assistant", "content": "".join(parts)})
+            if not interactive:
+                return 0
+    finally:
+        await service.close()
+
+
+def _read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt if sys.stdin.isatty() else "")
+    except EOFError:
+        return None
+
+
+# --- list ----------------------------------------------------------------------------
+
+
+def _list_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    """Models held in the local tiers (what would load without a download)."""
+    from handlers.http import build_service
+
+    service = build_service(settings)
+    try:
+        rows = local_models(service.cache_report())
+    finally:
+        asyncio.run(service.close())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(table(rows, ("model", "tier", "size", "digest")))
+    return 0
+
+
+def local_models(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flatten a cache report into one row per (model, tier)."""
+    rows = []
+    for tier in report.get("tiers", []):
+        for entry in tier.get("models", tier.get("entries", [])):
+            rows.append({"model": entry.get("name") or entry.get("model") or "?",
+                         "tier": tier.get("name") or tier.get("kind") or "?",
+                         "size": human_size(entry.get("size", entry.get("size_bytes", 0))),
+                         "digest": str(entry.get("digest", ""))[:19]})
+    return rows
+
+
+# --- inspect -------------------------------------------------------------------------
+
+
+def _inspect_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a local GGUF path or a model reference")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    """What the GGUF header says: architecture, quantization, context, layers, template."""
+    summary = inspect_model(args.model, settings)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    template = summary["chat_template"]
+    for key, label in (("name", "name"), ("architecture", "architecture"),
+                       ("quantization", "quantization"), ("context_length", "context length"),
+                       ("layers", "layers"), ("tensors", "tensors"), ("size", "size")):
+        print(f"{label:<15} {summary[key]}")
+    print(f"{'chat template':<15} {'(none: strato uses its fallback)' if not template else ''}")
+    if template:
+        print(template)
+    return 0
+
+
+def inspect_model(ref: str, settings: Settings) -> dict[str, Any]:
+    """Header summary of a local file (read directly) or any other reference (its
+    manifest or the first megabytes of the remote object)."""
+    from pathlib import Path
+
+    from tiers.gguf_header import read_header_file
+
+    path = ref[len("file://"):] if ref.startswith("file://") else ref
+    if Path(path).is_file():
+        header = read_header_file(path)
+        size = Path(path).stat().st_size
+    else:
+        header, size = _remote_header(ref, settings)
+    return {"name": header.name, "architecture": header.architecture,
+            "quantization": header.file_type, "context_length": header.context_length,
+            "layers": header.block_count, "tensors": len(header.tensors),
+            "size": human_size(size), "chat_template": header.chat_template}
+
+
+def _remote_header(ref: str, settings: Settings) -> tuple[Any, int]:
+    if "://" not in ref and ":" not in ref and "@" not in ref:
+        raise BadRequest(f"no such file: {ref}")
+    from core import models
+
+    reader = getattr(models, "read_header", None)
+    if reader is None:
+        raise BadRequest(f"cannot inspect {ref!r}: only local GGUF files are supported")
+    return reader(ref, settings)
+
+
+# --- helpers and the table -----------------------------------------------------------
+
+
+def human_size(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths))
+              for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+COMMANDS: list[Command] = [
+    Command("serve", "serve the OpenAI-compatible API", _serve_flags, cmd_serve),
+    Command("run", "answer one prompt, or chat", _run_flags, cmd_run),
+    Command("list", "models in the local tiers", _list_flags, cmd_list),
+    Command("inspect", "show a GGUF's header", _inspect_flags, cmd_inspect),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ctx", type=int, help="context tokens (env STRATO_CTX)")
+    common.add_argument("--threads", type=int, help="CPU threads (env STRATO_THREADS)")
+    common.add_argument("--log-level", dest="log_level", help="env STRATO_LOG_LEVEL")
+    parser = argparse.ArgumentParser(prog="strato", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, parents=[common],
+                           description=command.run.__doc__)
+        command.configure(p)
+        p.set_defaults(func=command.run)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
+    """Environment first, then every flag that was given."""
+    overrides = {name: getattr(args, name) for name in SETTINGS_FLAGS
+                 if getattr(args, name, None) is not None}
+    return validate(dataclasses.replace(from_env(env), **overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, settings_from(args))
+    except (StratoError, StorageError) as exc:
+        print(f"strato {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

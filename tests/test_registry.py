@@ -1,0 +1,161 @@
+"""The registry against a real directory root (the cloud roots run in test_e2e_clouds.py):
+push computes the digests and summary, dedups identical bytes, writes the manifest last;
+list, by-digest lookup, remove with blob garbage collection, and typed refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import blake3
+import pytest
+import zstandard
+
+from core.errors import ModelNotFound, status_of
+from core.manifest import layer_order
+from core.references import DigestRef, RegistryRef, parse_name_tag
+from core.registry import Registry, hash_file
+from tests.test_manifest import write_tiny_gguf
+from tiers.errors import CorruptModel
+
+CHUNK = 4096
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, n_layers=4)
+    return path
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return Registry(str(tmp_path / "registry"), chunk_size=CHUNK, streams=4)
+
+
+def blobs_in(registry: Registry) -> list[str]:
+    d = os.path.join(registry.root, "blobs", "blake3")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def test_push_writes_blob_and_manifest_with_true_digests(registry, tiny):
+    result = registry.push(str(tiny), parse_name_tag("tiny:v1"))
+    m = result.manifest
+    data = tiny.read_bytes()
+    assert m.digest == f"blake3:{blake3.blake3(data).hexdigest()}"
+    assert m.size == len(data) and m.chunk_size == CHUNK
+    assert list(m.chunks) == [blake3.blake3(data[i:i + CHUNK]).hexdigest()
+                              for i in range(0, len(data), CHUNK)]
+    assert result.uploaded
+    blob = os.path.join(registry.root, "blobs", "blake3", m.hex)
+    with open(blob, "rb") as f:
+        assert f.read() == data
+    doc = json.loads(open(os.path.join(registry.root, "manifests/tiny/v1.json")).read())
+    assert doc["digest"] == m.digest
+    assert doc["gguf"]["architecture"] == "llama" and doc["gguf"]["block_count"] == 4
+    assert registry.manifest(RegistryRef("tiny", "v1")) == m
+    assert sorted(layer_order(m)) == list(range(len(m.chunks)))
+
+
+def test_identical_bytes_under_two_names_are_stored_once(registry, tiny):
+    first = registry.push(str(tiny), parse_name_tag("tiny:v1"))
+    second = registry.push(str(tiny), parse_name_tag("other/alias:prod"))
+    assert first.uploaded and not second.uploaded
+    assert blobs_in(registry) == [first.manifest.hex]
+    assert [(m.name, m.tag) for m in registry.list()] == [("other/alias", "prod"),
+                                                          ("tiny", "v1")]
+
+
+def test_a_truncated_blob_in_the_registry_is_uploaded_again(registry, tiny):
+    m = registry.push(str(tiny), parse_name_tag("tiny:v1")).manifest
+    blob = os.path.join(registry.root, "blobs", "blake3", m.hex)
+    with open(blob, "r+b") as f:
+        f.truncate(100)
+    assert registry.push(str(tiny), parse_name_tag("tiny:v2")).uploaded
+    assert os.path.getsize(blob) == m.size
+
+
+def test_zstd_push_stores_one_frame_per_chunk(registry, tiny):
+    m = registry.push(str(tiny), parse_name_tag("tiny:z"), compress="zstd").manifest
+    data = tiny.read_bytes()
+    stored = open(os.path.join(registry.root, m.blob_key), "rb").read()
+    assert m.compression == "zstd" and m.blob != m.digest
+    assert m.blob == f"blake3:{blake3.blake3(stored).hexdigest()}"
+    assert len(m.frame_offsets) == len(m.chunks) + 1 and m.frame_offsets[-1] == len(stored)
+    dctx = zstandard.ZstdDecompressor()
+    for i in range(len(m.chunks)):
+        a, b = m.stored_range(i)
+        lo, hi = m.chunk_range(i)
+        assert dctx.decompress(stored[a:b]) == data[lo:hi]
+    # The raw push of the same file is a different blob (raw bytes), not a clash.
+    raw = registry.push(str(tiny), parse_name_tag("tiny:raw")).manifest
+    assert sorted(blobs_in(registry)) == sorted([m.blob.split(":")[1], raw.hex])
+
+
+def test_hash_file_without_registry_matches_one_pass(tmp_path):
+    path = tmp_path / "bytes.bin"
+    data = os.urandom(CHUNK * 5 + 123)
+    path.write_bytes(data)
+    seen = []
+    d = hash_file(str(path), CHUNK, workers=3, progress=lambda *a: seen.append(a))
+    assert d.digest == f"blake3:{blake3.blake3(data).hexdigest()}"
+    assert len(d.chunks) == 6 and d.stored_path == str(path)
+    assert seen[-1] == ("hash", len(data), len(data))
+
+
+def test_unknown_name_is_a_404_that_says_how_to_fix_it(registry):
+    with pytest.raises(ModelNotFound) as info:
+        registry.manifest(RegistryRef("nope", "v9"))
+    assert "nope:v9" in info.value.message and "strato push" in info.value.message
+    assert status_of(info.value)[0] == 404
+
+
+def test_not_a_gguf_is_refused_before_anything_is_written(registry, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"NOPE" + os.urandom(5000))
+    with pytest.raises(CorruptModel):
+        registry.push(str(junk), parse_name_tag("junk:1"))
+    assert not os.path.exists(registry.root)
+
+
+def test_manifest_is_written_last(registry, tiny):
+    # Make the blob upload fail (a file where the blobs directory should be): the push
+    # raises and no manifest points at a missing blob.
+    os.makedirs(registry.root)
+    open(os.path.join(registry.root, "blobs"), "w").close()
+    with pytest.raises(Exception):
+        registry.push(str(tiny), parse_name_tag("tiny:v1"))
+    assert not os.path.exists(os.path.join(registry.root, "manifests"))
+    assert registry.list() == []
+
+
+def test_lookup_by_digest(registry, tiny):
+    m = registry.push(str(tiny), parse_name_tag("tiny:v1")).manifest
+    assert registry.by_digest(DigestRef("tiny", m.hex)) == m
+    assert registry.by_digest(DigestRef("tiny", "0" * 64)) is None
+    assert registry.by_digest(DigestRef("absent", m.hex)) is None
+    assert registry.has_blob(m.hex) and not registry.has_blob("0" * 64)
+
+
+def test_remove_keeps_shared_blobs_until_the_last_name_goes(registry, tiny):
+    m = registry.push(str(tiny), parse_name_tag("tiny:v1")).manifest
+    registry.push(str(tiny), parse_name_tag("tiny:v2"))
+    removed, blob_gone = registry.remove(RegistryRef("tiny", "v1"))
+    assert removed == m and not blob_gone
+    assert blobs_in(registry) == [m.hex]
+    _, blob_gone = registry.remove(RegistryRef("tiny", "v2"))
+    assert blob_gone and blobs_in(registry) == []
+    assert registry.list() == []
+    with pytest.raises(ModelNotFound):
+        registry.remove(RegistryRef("tiny", "v2"))
+
+
+def test_corrupt_manifest_is_refused_with_its_url(registry, tiny):
+    registry.push(str(tiny), parse_name_tag("tiny:v1"))
+    path = os.path.join(registry.root, "manifests/tiny/v1.json")
+    doc = json.loads(open(path).read())
+    doc["chunks"] = doc["chunks"][:-1]
+    open(path, "w").write(json.dumps(doc))
+    with pytest.raises(Exception) as info:
+        registry.manifest(RegistryRef("tiny", "v1"))
+    assert "manifests/tiny/v1.json" in str(info.value) and status_of(info.value)[0] == 400

@@ -1,0 +1,255 @@
+"""Read a GGUF header from the first bytes of a blob, without the rest of the file.
+
+The loader fetches the header before the weights so the server can describe the model
+(architecture, context length, chat template) while tensors still stream. The `gguf`
+package's reader needs the whole file, so this is a small parser of the three header
+sections (fixed fields, key/values, tensor infos). Arrays are skipped without being
+decoded unless they are needed, which keeps a 262k-token vocabulary cheap.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tiers.errors import CorruptModel
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+FIRST_READ = 1 << 20
+
+# GGUF metadata value types -> struct format (strings and arrays handled apart).
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+# ggml tensor types: (elements per block, bytes per block), from ggml's type traits.
+GGML_BLOCKS: dict[int, tuple[int, int]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
+    8: (32, 34), 9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144),
+    13: (256, 176), 14: (256, 210), 15: (256, 292), 16: (256, 66), 17: (256, 74),
+    18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8),
+    29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17),
+}
+
+# llama.cpp's LLAMA_FTYPE values -> the names users know.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4",
+}
+
+
+class NeedMore(Exception):
+    """The buffer ended inside the header; `needed` is a size that will get further."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int          # absolute offset in the file
+    size: int
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a server needs to know about a model before its weights arrive."""
+
+    version: int
+    architecture: str
+    file_type: str | None
+    context_length: int | None
+    block_count: int | None
+    chat_template: str | None
+    name: str | None
+    alignment: int
+    header_size: int               # bytes before the tensor infos end
+    data_offset: int               # start of tensor data (aligned)
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)  # scalars and strings only
+
+    @property
+    def data_end(self) -> int:
+        return max((t.offset + t.size for t in self.tensors), default=self.data_offset)
+
+    def layer_ranges(self) -> dict[str, tuple[int, int]]:
+        """'blk.N' -> [start, end) of its tensors; 'other' covers the non-layer tensors
+        as one span (embeddings, output norm), which may enclose layers."""
+        spans: dict[str, tuple[int, int]] = {}
+        for t in self.tensors:
+            parts = t.name.split(".")
+            key = f"blk.{parts[1]}" if parts[0] == "blk" and len(parts) > 2 else "other"
+            lo, hi = spans.get(key, (t.offset, t.offset + t.size))
+            spans[key] = (min(lo, t.offset), max(hi, t.offset + t.size))
+        return spans
+
+    def layer_bytes(self) -> list[int]:
+        """Tensor bytes of each block, in block order (what VRAM placement needs)."""
+        sizes: dict[int, int] = {}
+        for t in self.tensors:
+            parts = t.name.split(".")
+            if parts[0] == "blk" and len(parts) > 2 and parts[1].isdigit():
+                sizes[int(parts[1])] = sizes.get(int(parts[1]), 0) + t.size
+        return [sizes[i] for i in sorted(sizes)]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able digest of the header for manifests and disk-tier metadata."""
+        return {
+            "architecture": self.architecture, "file_type": self.file_type,
+            "context_length": self.context_length, "block_count": self.block_count,
+            "data_offset": self.data_offset, "header_size": self.header_size,
+            "name": self.name,
+            "layers": {k: list(v) for k, v in sorted(self.layer_ranges().items())},
+        }
+
+
+def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    if ggml_type not in GGML_BLOCKS:
+        raise CorruptModel(f"unknown ggml tensor type {ggml_type}")
+    block, nbytes = GGML_BLOCKS[ggml_type]
+    count = 1
+    for d in shape:
+        count *= d
+    if count % block:
+        raise CorruptModel(f"tensor of {count} elements is not whole blocks of {block}")
+    return count // block * nbytes
+
+
+class _Cursor:
+    def __init__(self, buf: bytes | memoryview) -> None:
+        self.buf = memoryview(buf)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.buf):
+            # Ask for what is missing plus slack, so a big vocab is fetched in few reads.
+            raise NeedMore(max(end, len(self.buf) * 2))
+        out = self.buf[self.pos:end]
+        self.pos = end
+        return out
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if n > 1 << 30:
+            raise CorruptModel(f"GGUF string length {n} is not plausible")
+        return bytes(self.take(n)).decode("utf-8", errors="replace")
+
+
+def _value(cur: _Cursor, vtype: int, keep: bool) -> Any:
+    if vtype in _SCALARS:
+        return cur.unpack(_SCALARS[vtype])
+    if vtype == _STRING:
+        return cur.string()
+    if vtype == _ARRAY:
+        etype, count = cur.unpack("<I"), cur.unpack("<Q")
+        if etype in _SCALARS:
+            cur.take(struct.calcsize(_SCALARS[etype]) * count)   # skipped, not decoded
+        else:
+            for _ in range(count):
+                _value(cur, etype, keep=False)
+        return None
+    raise CorruptModel(f"unknown GGUF value type {vtype}")
+
+
+def parse(buf: bytes | memoryview, file_size: int | None = None) -> GGUFHeader:
+    """Parse a header from a prefix of the file.
+
+    Raises NeedMore when the prefix is too short, CorruptModel when the bytes are not a
+    GGUF or describe tensors beyond `file_size`.
+    """
+    cur = _Cursor(buf)
+    if bytes(cur.take(4)) != MAGIC:
+        raise CorruptModel("not a GGUF file (bad magic)")
+    version = cur.unpack("<I")
+    if version not in (2, 3):
+        raise CorruptModel(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+    if n_tensors > 1 << 24 or n_kv > 1 << 24:
+        raise CorruptModel("GGUF counts are not plausible")
+    meta: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        value = _value(cur, cur.unpack("<I"), keep=True)
+        if value is not None:
+            meta[key] = value
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.unpack("<I")
+        if n_dims > 8:
+            raise CorruptModel(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+        infos.append((name, shape, cur.unpack("<I"), cur.unpack("<Q")))
+    header_size = cur.pos
+    alignment = int(meta.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
+    data_offset = (header_size + alignment - 1) // alignment * alignment
+    tensors = tuple(TensorInfo(name, shape, gtype, data_offset + rel,
+                               tensor_nbytes(gtype, shape))
+                    for name, shape, gtype, rel in infos)
+    arch = str(meta.get("general.architecture", "unknown"))
+    ftype = meta.get("general.file_type")
+    header = GGUFHeader(
+        version=version, architecture=arch,
+        file_type=FILE_TYPES.get(ftype, str(ftype)) if ftype is not None else None,
+        context_length=_int(meta.get(f"{arch}.context_length")),
+        block_count=_int(meta.get(f"{arch}.block_count")),
+        chat_template=meta.get("tokenizer.chat_template"),
+        name=meta.get("general.name"), alignment=alignment, header_size=header_size,
+        data_offset=data_offset, tensors=tensors, metadata=meta)
+    if file_size is not None and header.data_end > file_size:
+        raise CorruptModel(f"GGUF is truncated: tensors end at byte {header.data_end}, "
+                           f"file has {file_size}")
+    return header
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def read_header(read: Callable[[int, int], bytes], file_size: int | None = None,
+                first: int = FIRST_READ) -> GGUFHeader:
+    """Parse the header using `read(start, end)`, fetching more until it fits.
+
+    `read` is a ranged read (remote or local); it may return fewer bytes at end of file.
+    """
+    buf = b""
+    want = first if file_size is None else min(first, file_size)
+    while True:
+        if want > len(buf):
+            more = read(len(buf), want)
+            buf += more
+            if not more:
+                raise CorruptModel(f"GGUF header is truncated at byte {len(buf)}")
+        try:
+            return parse(buf, file_size)
+        except NeedMore as need:
+            if file_size is not None and len(buf) >= file_size:
+                raise CorruptModel(f"GGUF header is truncated at byte {len(buf)}") from None
+            want = need.needed if file_size is None else min(need.needed, file_size)
+
+
+def read_header_file(path: str) -> GGUFHeader:
+    """Header of a local file (push, inspect, disk-tier hits)."""
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        def read(start: int, end: int) -> bytes:
+            f.seek(start)
+            return f.read(end - start)
+        return read_header(read, size)

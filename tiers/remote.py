@@ -1,0 +1,263 @@
+"""The only module that knows clouds: one fsspec filesystem per URL scheme.
+
+Everything else in strato speaks URLs (s3://, gs://, az://, https://, file://, plain
+paths) and calls the functions here. SDKs are imported lazily so importing a handler
+stays cheap on Lambda. Credentials and endpoints come from each SDK's own standard
+variables (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST, AZURE_STORAGE_CONNECTION_STRING /
+AZURE_STORAGE_ACCOUNT_NAME), never from strato's, so emulators and clouds look alike.
+
+Failures are translated once, here: missing objects -> ObjectNotFound, network errors
+and 5xx -> TransientError (the loader retries), denied access -> SourceUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+from tiers.errors import ObjectNotFound, SourceUnavailable, StorageError, TransientError
+
+SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "file")
+
+_lock = threading.Lock()
+_cache: dict[tuple[Any, ...], Any] = {}
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    size: int
+    etag: str | None      # changes when the object changes; None if the store has none
+
+
+def scheme_of(url: str) -> str:
+    """'s3://b/k' -> 's3'; a plain path -> 'file'."""
+    if "://" not in url:
+        return "file"
+    return url.split("://", 1)[0].lower()
+
+
+def _env_key(*names: str) -> tuple[str | None, ...]:
+    return tuple(os.environ.get(n) for n in names)
+
+
+def _make(scheme: str) -> Any:
+    if scheme == "s3":
+        import s3fs
+
+        # botocore reads AWS_ENDPOINT_URL itself; s3fs must not cache listings across
+        # writers (manifests are mutable).
+        return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    if scheme in ("gs", "gcs"):
+        import gcsfs
+
+        token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
+        return gcsfs.GCSFileSystem(skip_instance_cache=True, token=token)
+    if scheme in ("az", "abfs"):
+        import adlfs
+
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            return adlfs.AzureBlobFileSystem(connection_string=conn, skip_instance_cache=True)
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+        if not account:
+            raise SourceUnavailable("az:// needs AZURE_STORAGE_CONNECTION_STRING or "
+                                    "AZURE_STORAGE_ACCOUNT_NAME")
+        return adlfs.AzureBlobFileSystem(account_name=account, anon=False,
+                                         skip_instance_cache=True)
+    if scheme in ("http", "https"):
+        from fsspec.implementations.http import HTTPFileSystem
+
+        return HTTPFileSystem(skip_instance_cache=True)
+    if scheme == "file":
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem()
+    raise SourceUnavailable(f"unsupported URL scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+
+
+_ENV_OF = {
+    "s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
+           "AWS_DEFAULT_REGION", "AWS_REGION"),
+    "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
+    "az": ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME"),
+}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) for a URL.
+
+    Instances are cached per scheme and per the SDK variables that configure it, so a
+    changed endpoint (tests, a new profile) gets a fresh client while chunk reads reuse
+    one connection pool.
+    """
+    scheme = scheme_of(url)
+    family = {"gcs": "gs", "abfs": "az", "https": "http"}.get(scheme, scheme)
+    key = (family, _env_key(*_ENV_OF.get(family, ())))
+    with _lock:
+        fs = _cache.get(key)
+        if fs is None:
+            fs = _cache[key] = _make(scheme)
+    if family == "http":
+        return fs, url
+    if family == "file":
+        return fs, urlsplit(url).path if url.startswith("file://") else os.path.abspath(url)
+    return fs, url.split("://", 1)[1]
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    name = type(exc).__name__
+    return name in ("ResourceNotFoundError", "NoSuchKey", "NotFound")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for attr in ("status", "status_code", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+@contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Turn SDK exceptions into strato's storage errors (one place, every call)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - re-raised typed below
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        if _is_not_found(exc):
+            raise ObjectNotFound(f"no such object: {url}") from exc
+        if isinstance(exc, PermissionError) or _status_of(exc) in (401, 403):
+            raise SourceUnavailable(f"access denied to {url}: {exc}") from exc
+        if _status_of(exc) == 404:
+            raise ObjectNotFound(f"no such object: {url}") from exc
+        if isinstance(exc, (OSError, asyncio.TimeoutError, TimeoutError, ConnectionError)) \
+                or _is_network(exc):
+            raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def _is_network(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("aiohttp", "botocore", "aiobotocore", "azure", "google",
+                              "urllib3", "requests"))
+
+
+def info(url: str) -> RemoteInfo:
+    """Size and version tag of one object (one HEAD-like call)."""
+    fs, path = filesystem(url)
+    with translated(url):
+        data = fs.info(path)
+    if data.get("type") == "directory":
+        raise ObjectNotFound(f"{url} is a directory, not an object")
+    size = data.get("size")
+    if size is None:
+        raise SourceUnavailable(f"{url}: the server does not report a size")
+    etag = data.get("ETag") or data.get("etag") or data.get("md5Hash") or data.get("mtime")
+    return RemoteInfo(int(size), str(etag).strip('"') if etag is not None else None)
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an object; fewer at end of object (the caller checks)."""
+    fs, path = filesystem(url)
+    with translated(url):
+        return fs.cat_file(path, start=start, end=end)
+
+
+def read_bytes(url: str) -> bytes:
+    """A whole small object (a manifest)."""
+    fs, path = filesystem(url)
+    with translated(url):
+        return fs.cat_file(path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a small object in one request (manifests: the last write of a push)."""
+    fs, path = filesystem(url)
+    with translated(url):
+        if scheme_of(url) == "file":
+            _local_atomic_write(path, data)
+        else:
+            fs.pipe_file(path, data)
+
+
+def _local_atomic_write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    with translated(url):
+        return bool(fs.exists(path))
+
+
+def ls(url: str) -> list[str]:
+    """URLs of the entries directly under `url` (empty when there are none)."""
+    fs, path = filesystem(url)
+    prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
+    with translated(url):
+        try:
+            names = fs.ls(path, detail=False)
+        except ObjectNotFound:
+            return []
+        except FileNotFoundError:
+            return []
+    if scheme_of(url) == "file":
+        return [f"file://{n}" if url.startswith("file://") else n for n in names]
+    if scheme_of(url) in ("http", "https"):
+        return list(names)
+    return [prefix + n for n in names]
+
+
+def rm(url: str) -> None:
+    fs, path = filesystem(url)
+    with translated(url):
+        fs.rm(path)
+
+
+def put_file(local: str, url: str, *, concurrency: int = 8, part_size: int = 16 << 20,
+             on_progress: Callable[[int], None] | None = None) -> None:
+    """Upload a local file, in parallel parts where the store supports it.
+
+    S3 uses multipart with `concurrency` parts in flight, Azure block blobs the same;
+    GCS uses one resumable upload (its API has no parallel parts without compose).
+    Local targets are written to a partial and renamed, so readers never see half a blob.
+    """
+    scheme = scheme_of(url)
+    fs, path = filesystem(url)
+    size = os.path.getsize(local)
+    with translated(url):
+        if scheme == "file":
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.partial"
+            fs.put_file(local, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        elif scheme == "s3":
+            fs.put_file(local, path, chunksize=max(part_size, 5 << 20),
+                        max_concurrency=concurrency)
+        elif scheme in ("az", "abfs"):
+            fs.put_file(local, path, overwrite=True, max_concurrency=concurrency)
+        else:
+            fs.put_file(local, path)
+    if on_progress is not None:
+        on_progress(size)

@@ -1,0 +1,120 @@
+"""VRAM placement: how many layers of a model go on the GPU, and what to try on OOM.
+
+The vram "tier" is the loaded engine itself, so there is nothing to store here: only
+arithmetic over free device memory and the per-layer byte sizes a manifest (or GGUF
+header) gives. Everything but `free_device_memory` is pure and unit-tested with given
+capacities; a CPU-only machine has no NVML and therefore no vram tier.
+
+llama.cpp's `n_gpu_layers` counts repeating blocks offloaded from the *last* one down;
+a value above the block count also offloads the output layer. We follow that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+DEFAULT_RESERVE = 512 << 20     # CUDA context, scratch buffers: never plan to the last byte
+
+
+def free_device_memory(device: int = 0) -> int | None:
+    """Free bytes on GPU `device` via NVML, or None when there is no NVIDIA GPU/driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - any NVML failure means "no usable GPU"
+        return None
+
+
+@dataclass(frozen=True)
+class Placement:
+    n_gpu_layers: int        # value for llama.cpp (n_layers + 1 = everything incl. output)
+    gpu_bytes: int           # model bytes planned on the GPU
+    all_on_gpu: bool
+
+
+def choose_gpu_layers(free_bytes: int, layer_bytes: Sequence[int], other_bytes: int = 0,
+                      *, context_bytes: int = 0, reserve: int = DEFAULT_RESERVE) -> Placement:
+    """Most layers that fit in `free_bytes` after the KV cache and a reserve.
+
+    `layer_bytes[i]` is block i's tensor bytes; `other_bytes` the output layer (and
+    norms) that only move to the GPU once every block is there.
+    """
+    budget = free_bytes - reserve - context_bytes
+    used, count = 0, 0
+    for size in reversed(layer_bytes):
+        if used + size > budget:
+            break
+        used += size
+        count += 1
+    if count == len(layer_bytes) and used + other_bytes <= budget:
+        return Placement(len(layer_bytes) + 1, used + other_bytes, True)
+    return Placement(count, used, False)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    variant: str | None      # None = the requested model; else a variant tag
+    n_gpu_layers: int
+
+
+def oom_attempts(first: Placement, n_layers: int,
+                 variants: Sequence[tuple[str, Placement]] = ()) -> list[Attempt]:
+    """What to try, in order, when a load runs out of device memory.
+
+    The planned placement first; then fewer layers, a quarter of the model at a time,
+    down to none on the GPU; then each smaller variant (the caller lists them smallest
+    last, as the manifest does) with its own planned placement.
+    """
+    seq = [Attempt(None, first.n_gpu_layers)]
+    step = max(1, n_layers // 4)
+    n = min(first.n_gpu_layers, n_layers)
+    if first.n_gpu_layers > n_layers:
+        seq.append(Attempt(None, n_layers))    # everything but the output layer
+    while n > 0:
+        n = max(0, n - step)
+        seq.append(Attempt(None, n))
+    seq.extend(Attempt(tag, p.n_gpu_layers) for tag, p in variants)
+    out: list[Attempt] = []
+    for a in seq:
+        if a not in out:
+            out.append(a)
+    return out
+
+
+def is_oom(message: str) -> bool:
+    """Does a load error read like device memory exhaustion (CUDA, Metal, Vulkan)?"""
+    text = message.lower()
+    return any(s in text for s in ("out of memory", "cudamalloc", "failed to allocate",
+                                   "erroroutofdevicememory", "insufficient memory"))
+
+
+class VramTier:
+    """The configured `vram:auto` / `vram:<size>`: a capacity source for placement."""
+
+    kind = "vram"
+    name = "vram"
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity     # None = ask NVML each time
+
+    def free_bytes(self) -> int | None:
+        free = free_device_memory()
+        if free is None:
+            return None
+        return min(free, self.capacity) if self.capacity is not None else free
+
+    def place(self, layer_bytes: Sequence[int], other_bytes: int = 0,
+              context_bytes: int = 0) -> Placement:
+        free = self.free_bytes()
+        if free is None:
+            return Placement(0, 0, False)
+        return choose_gpu_layers(free, layer_bytes, other_bytes, context_bytes=context_bytes)
