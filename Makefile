@@ -3,9 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .venv-tools
-# Portable llama.cpp: -march=native crashes in ggml's AMX kernel on these hosts, and a
-# Lambda layer must run on any x86_64 anyway.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+# Portable llama.cpp: -march=native crashes in ggml's AMX kernel on some hosts, AVX-512 is
+# absent on others (SIGILL on AMD EPYC machines here), and a Lambda layer must run on any
+# x86_64 anyway: AVX2 + FMA + F16C only.
+LLAMA_VERSION := 0.3.36
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+# The wheel is built here, not taken from pip's cache: pip keys cached sdist builds by URL,
+# so a wheel built with other CMAKE_ARGS would otherwise be reused silently.
+WHEELS := .cache/wheels
+LLAMA_WHEEL := $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)
 # gcsfs 2026.x otherwise probes every bucket over gRPC and waits 60 s against emulators.
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
@@ -17,8 +24,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip wheel setuptools
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt
-	$(BIN)/pip install -c requirements/lock.txt -e '.[dev]'
+$(LLAMA_WHEEL): | $(BIN)/python
+	mkdir -p $(WHEELS)
+	$(BIN)/pip wheel --no-cache-dir --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
+	touch $@
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt $(LLAMA_WHEEL)
+	$(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]'
 	$(BIN)/pip check
 	touch $@
 
@@ -31,8 +43,41 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/strato serve --host $(STRATO_HOST) --port $(STRATO_PORT)
 
-test: install node_modules/.installed
+test: install node_modules/.installed lint
 	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules .pytest_cache
+
+# ---- deployment checks (docs/deploy.md) -------------------------------------------------
+# A separate venv: aws-sam-cli pins boto3 and cfn-lint ranges that clash with .venv's.
+# sam needs a region even offline; validate --lint makes no AWS call and needs no keys.
+SAM := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(TOOLS)/bin/sam
+DOCKERFILES := infra/lambda/Dockerfile infra/container/Dockerfile infra/container/Dockerfile.cuda
+
+$(TOOLS)/.installed: requirements/tools.txt
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --upgrade pip
+	$(TOOLS)/bin/pip install -r requirements/tools.txt
+	$(TOOLS)/bin/pip check
+	touch $@
+
+tools: $(TOOLS)/.installed
+
+# template.yaml (cfn-lint, SAM's own validation), Dockerfiles (hadolint), the Knative
+# manifest (kubernetes-validate: it has no Knative schema and only warns; infra/lint.py
+# validates the pod template strictly as a core/v1 Pod), and a parse/shape check of
+# every other YAML, TOML and JSON deployment file; events/ must be what generate.sh makes.
+lint: $(TOOLS)/.installed
+	$(TOOLS)/bin/cfn-lint template.yaml
+	$(SAM) validate --lint --template-file template.yaml
+	$(TOOLS)/bin/hadolint $(DOCKERFILES)
+	$(TOOLS)/bin/kubernetes-validate --strict --quiet infra/knative/service.yaml
+	$(TOOLS)/bin/python infra/lint.py
+	tmp=$$(mktemp -d) && SAM=$(CURDIR)/$(TOOLS)/bin/sam PY=$(CURDIR)/$(TOOLS)/bin/python bash events/generate.sh $$tmp \
+		&& diff -r -x generate.sh events $$tmp; status=$$?; rm -rf $$tmp; exit $$status
+
+# Regenerate the Lambda test events in events/ with `sam local generate-event`.
+.PHONY: events
+events: $(TOOLS)/.installed
+	SAM=$(CURDIR)/$(TOOLS)/bin/sam PY=$(CURDIR)/$(TOOLS)/bin/python bash events/generate.sh

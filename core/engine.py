@@ -37,15 +37,28 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 DEFAULT_STEP_TOKENS = 512
-EMBED_CTX = 2048
+EMBED_CTX = 512  # llama.cpp computes logits for every token of an embedding input
+
+
+_LLAMA_LOG = logging.getLogger("strato.llama_cpp")
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+
+@ll.llama_log_callback
+def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    """llama.cpp logs -> Python logging. Only warnings and errors are worth a line by
+    default: a load prints hundreds of INFO lines that would drown the JSON logs."""
+    lvl = _GGML_LEVELS.get(level, logging.DEBUG)
+    if lvl >= logging.WARNING and _LLAMA_LOG.isEnabledFor(lvl):
+        _LLAMA_LOG.log(lvl, text.decode("utf-8", errors="replace").rstrip())
 
 
 def _init_backend() -> None:
-    """llama_backend_init once per process; quiet llama.cpp's load chatter."""
+    """llama_backend_init once per process, with llama.cpp's logs routed to logging."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+            ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
             ll.llama_backend_init()
             _backend_ready = True
 
@@ -126,6 +139,7 @@ class LlamaEngine:
             # Full-size sliding-window caches (Gemma 3): partial seq_rm / seq_cp of a
             # prefix stay valid, which prefix reuse depends on.
             cparams.swa_full = True
+            cparams.flash_attn_type = int(settings.extra.get("flash_attn", ll.LLAMA_FLASH_ATTN_TYPE_AUTO))
             cparams.no_perf = True
             ctx = ll.llama_init_from_model(model, cparams)
             if not ctx:

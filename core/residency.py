@@ -1,4 +1,7 @@
-"""Which loaded models stay resident when another one must load: pure decisions.
+"""Which loaded models stay resident when another one must load.
+
+Two parts: `TrackedEngine` counts the requests each loaded engine is serving, and
+`to_unload` (pure) picks what to unload from those counts, footprints and recency.
 
 "One loaded at a time unless memory allows more": a server keeps several engines when
 their footprints fit the memory budget, and otherwise unloads the least recently used
@@ -9,9 +12,12 @@ in the way, the new load waits for one to go idle.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from core.generation import GenerationRequest, ModelInfo, TokenEvent
+from tiers.loader import ModelHandle
 
 KV_BYTES_PER_TOKEN_PER_LAYER = 4096   # f16 K+V at ~1k hidden: an overestimate for small models
 OVERHEAD = 96 << 20                   # compute buffers, scheduler, tokenizer tables
@@ -89,5 +95,72 @@ def _meminfo_total() -> int | None:
     return None
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+@dataclass(eq=False)
+class Loaded:
+    """One loaded engine and what keeps its bytes in place."""
+
+    key: str
+    engine: Any
+    handle: ModelHandle | None
+    digest: str | None
+    source: str            # tier the bytes came from ("remote", "ram", "disk:...", "file")
+    seconds: float
+    footprint: int
+    last_used: float = field(default_factory=time.monotonic)
+    active: int = 0
+
+
+class TrackedEngine:
+    """The Engine a handler gets: the loaded engine, counting requests in flight.
+
+    The count is what makes "never unload a model in use" enforceable; everything
+    else passes straight through.
+    """
+
+    def __init__(self, entry: Loaded, on_idle: Callable[[], None]) -> None:
+        self._entry = entry
+        self._engine = entry.engine
+        self._on_idle = on_idle
+        self.info: ModelInfo = entry.engine.info
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self._engine.tokenize(text, add_bos)
+
+    def render_chat(self, messages: Sequence[dict]) -> str:
+        return self._engine.render_chat(messages)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        self._enter()
+        inner = self._engine.generate(request)
+        try:
+            async for event in inner:
+                yield event
+        finally:
+            await inner.aclose()
+            self._exit()
+
+    async def embed(self, inputs: Sequence[str]) -> tuple[list[list[float]], int]:
+        self._enter()
+        try:
+            return await self._engine.embed(inputs)
+        finally:
+            self._exit()
+
+    def queue_depth(self) -> int:
+        return self._engine.queue_depth()
+
+    def close(self) -> None:
+        """Handlers do not own engines: closing is the manager's job."""
+
+    def _enter(self) -> None:
+        self._entry.active += 1
+        self._entry.last_used = time.monotonic()
+
+    def _exit(self) -> None:
+        self._entry.active -= 1
+        self._entry.last_used = time.monotonic()
+        if self._entry.active == 0:
+            self._on_idle()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)

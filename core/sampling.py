@@ -9,11 +9,19 @@ arguments is decided by `chain_spec`, a pure function (unit-tested without a mod
 Order follows llama.cpp's server: grammar first (it must see every candidate, or it can
 be left with none), then penalties, top-k, top-p, min-p, temperature, and finally the
 seeded distribution draw; temperature 0 replaces the tail with a greedy argmax.
+
+A grammar over Gemma's 262,144-token vocabulary is expensive to apply to every candidate,
+so a grammar sequence samples the way llama.cpp's `common_sampler` does: draw without the
+grammar, ask the grammar about that one token, and only when it is rejected apply the
+grammar to the whole vocabulary and draw again. The result is the same distribution.
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
+
+import numpy as np
 
 from core.errors import BadRequest
 from core.generation import SamplingParams
@@ -71,12 +79,18 @@ class SamplerChain:
     def __init__(self, llama: Any, vocab: Any, n_vocab: int, params: SamplingParams,
                  grammar: str | None) -> None:
         self._ll = llama
+        self._n_vocab = n_vocab
+        self._grammar: Any = None
         chain_params = llama.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain = llama.llama_sampler_chain_init(chain_params)
         try:
             for name, args in chain_spec(params, grammar is not None):
-                self._chain_add(self._make(name, args, vocab, n_vocab, grammar))
+                sampler = self._make(name, args, vocab, n_vocab, grammar)
+                if name == "grammar":
+                    self._grammar = sampler  # kept out of the chain: see module docstring
+                else:
+                    self._chain_add(sampler)
         except BaseException:
             self.free()
             raise
@@ -99,9 +113,50 @@ class SamplerChain:
         self._ll.llama_sampler_chain_add(self._chain, sampler)
 
     def sample(self, ctx: Any, idx: int) -> int:
-        return int(self._ll.llama_sampler_sample(self._chain, ctx, idx))
+        if self._grammar is None:
+            return int(self._ll.llama_sampler_sample(self._chain, ctx, idx))
+        ll = self._ll
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self._n_vocab,))
+        cand = _Candidates(ll, logits)
+        ll.llama_sampler_apply(self._chain, cand.ref)
+        token = cand.selected()
+        probe = _Candidates(ll, np.array([1.0], dtype=np.single), ids=np.array([token]))
+        ll.llama_sampler_apply(self._grammar, probe.ref)
+        if not np.isfinite(probe.rows.logit[0]):
+            cand = _Candidates(ll, logits)
+            ll.llama_sampler_apply(self._grammar, cand.ref)
+            ll.llama_sampler_apply(self._chain, cand.ref)
+            token = cand.selected()
+        ll.llama_sampler_accept(self._grammar, token)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
 
     def free(self) -> None:
         if self._chain:
             self._ll.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            self._ll.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+_TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+
+
+class _Candidates:
+    """A llama_token_data_array over numpy memory (the rows outlive every C call)."""
+
+    def __init__(self, ll: Any, logits: np.ndarray, ids: np.ndarray | None = None) -> None:
+        self.rows = np.recarray((len(logits),), dtype=_TOKEN_DATA)
+        self.rows.id[:] = np.arange(len(logits), dtype=np.intc) if ids is None else ids
+        self.rows.logit[:] = logits
+        self.rows.p[:] = 0.0
+        self.array = ll.llama_token_data_array(
+            data=self.rows.ctypes.data_as(ll.llama_token_data_p), size=len(logits),
+            selected=-1, sorted=False)
+        self.ref = ctypes.byref(self.array)
+
+    def selected(self) -> int:
+        # Samplers may move `data` (e.g. top-k truncation keeps the pointer, sorting may
+        # not), so read through the struct rather than our numpy view.
+        return int(self.array.data[self.array.selected].id)

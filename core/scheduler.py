@@ -113,6 +113,7 @@ class Scheduler:
         self._mean_request_s = 5.0
         self._batch = llama.llama_batch_init(step_tokens, 0, 1)
         self.step = 0
+        self.preemptions = 0
         # (step, tokens in batch, ((slot, tokens), ...)): bounded, for tests and debugging.
         self.trace: deque[tuple[int, int, tuple[tuple[int, int], ...]]] = deque(maxlen=4096)
         self._thread = threading.Thread(target=self._run, name=f"strato-sched-{name}",
@@ -256,6 +257,7 @@ class Scheduler:
         slot.cached, slot.owner = [], None
         self._running.remove(seq)
         seq.n_past, seq.slot = 0, -1
+        self.preemptions += 1
         with self._cv:
             self._waiting.appendleft(seq)
             metrics.queue_depth.set(len(self._waiting))

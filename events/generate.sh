@@ -11,9 +11,14 @@
 #     Function URL invokes with the API Gateway HTTP API payload format 2.0, so they are
 #     the http-api-proxy events with the Function URL domain and no JWT authorizer
 #     (https://docs.aws.amazon.com/lambda/latest/dg/urls-invocation.html#urls-payloads).
+#
+# Usage: events/generate.sh [OUT_DIR]   (default: this folder; `make lint` regenerates
+# into a temporary folder and diffs, so the committed JSON is what these commands make)
 set -euo pipefail
-cd "$(dirname "$0")"
-ROOT=$(cd .. && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+mkdir -p "${1:-$HERE}"
+cd "${1:-$HERE}"
 SAM=${SAM:-$ROOT/.venv-tools/bin/sam}
 PY=${PY:-$ROOT/.venv-tools/bin/python}
 export SAM_CLI_TELEMETRY=0

@@ -123,10 +123,14 @@ def _read_line(prompt: str) -> str | None:
 
 def _list_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--remote", action="store_true", help="models in the registry instead")
+    _registry_flag(p)
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     """Models held in the local tiers (what would load without a download)."""
+    if getattr(args, "remote", False):
+        return cmd_list_remote(args, settings)
     from handlers.http import build_service
 
     service = build_service(settings)
@@ -179,33 +183,61 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def inspect_model(ref: str, settings: Settings) -> dict[str, Any]:
-    """Header summary of a local file (read directly) or any other reference (its
-    manifest or the first megabytes of the remote object)."""
-    from pathlib import Path
-
-    from tiers.gguf_header import read_header_file
-
-    path = ref[len("file://"):] if ref.startswith("file://") else ref
-    if Path(path).is_file():
-        header = read_header_file(path)
-        size = Path(path).stat().st_size
-    else:
-        header, size = _remote_header(ref, settings)
+    """Header summary of a local file, or of any reference by reading only the first
+    megabytes of its object (ranged reads; zstd blobs decompress just those frames)."""
+    header, size = read_header_of(ref, settings)
     return {"name": header.name, "architecture": header.architecture,
             "quantization": header.file_type, "context_length": header.context_length,
             "layers": header.block_count, "tensors": len(header.tensors),
             "size": human_size(size), "chat_template": header.chat_template}
 
 
-def _remote_header(ref: str, settings: Settings) -> tuple[Any, int]:
-    if "://" not in ref and ":" not in ref and "@" not in ref:
-        raise BadRequest(f"no such file: {ref}")
-    from core import models
+def read_header_of(ref: str, settings: Settings) -> tuple[Any, int]:
+    import os
 
-    reader = getattr(models, "read_header", None)
-    if reader is None:
-        raise BadRequest(f"cannot inspect {ref!r}: only local GGUF files are supported")
-    return reader(ref, settings)
+    from core.resolver import Resolver
+    from tiers import remote
+    from tiers.gguf_header import read_header, read_header_file
+
+    resolver = Resolver(settings)
+    source = resolver.resolve(resolver.parse(ref))
+    if source.path is not None:
+        return read_header_file(source.path), os.path.getsize(source.path)
+    plan = source.plan
+    assert plan is not None
+    size = plan.size if plan.size is not None else remote.info(plan.url).size
+    if plan.compression == "zstd" and plan.frame_offsets:
+        return read_header(_zstd_reader(plan), size), size
+    return read_header(lambda start, end: remote.read_range(plan.url, start, end), size), size
+
+
+def _zstd_reader(plan: Any) -> Callable[[int, int], bytes]:
+    """Raw ranged reads over a blob stored as one zstd frame per chunk."""
+    import zstandard
+
+    from tiers import remote
+
+    frames: dict[int, bytes] = {}
+
+    def chunk(index: int) -> bytes:
+        if index not in frames:
+            offsets = plan.frame_offsets
+            frame = remote.read_range(plan.url, offsets[index], offsets[index + 1])
+            # decompressobj: frames without a content-size field decompress too.
+            frames[index] = zstandard.ZstdDecompressor().decompressobj().decompress(frame)
+        return frames[index]
+
+    def read(start: int, end: int) -> bytes:
+        out, pos = [], start
+        while pos < end and pos // plan.chunk_size < len(plan.frame_offsets) - 1:
+            index = pos // plan.chunk_size
+            data = chunk(index)
+            base = index * plan.chunk_size
+            out.append(data[pos - base:end - base])
+            pos = base + len(data)
+        return b"".join(out)
+
+    return read
 
 
 # --- helpers and the table -----------------------------------------------------------
@@ -227,11 +259,194 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+# --- registry and local store: push, pull, list --remote, rm, cache -------------------
+
+
+def _registry_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", help="registry root: s3://, gs://, az://, file:// or a "
+                   "directory (env STRATO_REGISTRY)")
+
+
+def _push_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a local GGUF file")
+    p.add_argument("name", metavar="NAME:TAG", help="what to publish it as")
+    p.add_argument("--compress", choices=("none", "zstd"), default="none",
+                   help="store one zstd frame per chunk (default none)")
+    _registry_flag(p)
+
+
+def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish a GGUF: digests, header summary, blob upload, then the manifest."""
+    from core.references import parse_name_tag
+    from core.resolver import Resolver
+
+    registry = Resolver(settings).registry
+    bar = ProgressBar(f"push {args.name}")
+    result = registry.push(args.file, parse_name_tag(args.name), compress=args.compress,
+                           progress=lambda phase, done, total: bar(done, total, phase))
+    bar.close()
+    m = result.manifest
+    print(f"{m.name}:{m.tag} {m.digest} {human_size(m.size)} "
+          f"({'uploaded' if result.uploaded else 'blob already present'}) "
+          f"-> {result.manifest_url}")
+    return 0
+
+
+def _pull_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="name:tag, name@blake3:<hex>, s3://, gs://, az://, https://")
+    p.add_argument("--tiers", help="local tiers (env STRATO_TIERS)")
+    _registry_flag(p)
+
+
+def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch a model into the local disk tiers, verified, with a progress bar."""
+    from core.store import pull
+
+    bar = ProgressBar(f"pull {args.model}")
+    result = pull(settings, args.model,
+                  on_progress=lambda p: bar(p.done, p.total, "fetch", p.rate))
+    bar.close()
+    where = ", ".join(result.tiers) or "in place"
+    print(f"{result.model} {result.digest or ''} {human_size(result.size)} from "
+          f"{result.source} in {result.seconds:.1f}s -> {where}")
+    return 0
+
+
+def cmd_list_remote(args: argparse.Namespace, settings: Settings) -> int:
+    """Models published in the registry."""
+    from core.resolver import Resolver
+
+    rows = [{"model": f"{m.name}:{m.tag}", "size": human_size(m.size),
+             "quantization": m.gguf.file_type or "", "compression": m.compression,
+             "digest": m.digest[:19], "created": m.created or ""}
+            for m in Resolver(settings).registry.list()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(table(rows, ("model", "size", "quantization", "compression", "digest",
+                           "created")))
+    return 0
+
+
+def _rm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model reference")
+    p.add_argument("--remote", action="store_true",
+                   help="delete NAME:TAG from the registry instead of the local tiers")
+    p.add_argument("--tiers", help="local tiers (env STRATO_TIERS)")
+    _registry_flag(p)
+
+
+def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove a model from the local tiers, or with --remote from the registry."""
+    if args.remote:
+        from core.references import parse_name_tag
+        from core.resolver import Resolver
+
+        manifest, blob_gone = Resolver(settings).registry.remove(parse_name_tag(args.model))
+        print(f"deleted {manifest.name}:{manifest.tag}"
+              f"{' and its blob' if blob_gone else ' (blob kept: other tags use it)'}")
+        return 0
+    from core.store import remove_local
+
+    print(f"removed {args.model} from {', '.join(remove_local(settings, args.model))}")
+    return 0
+
+
+def _cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--host", help="ask the server at this address (env STRATO_HOST)")
+    p.add_argument("--port", type=int, help="and port (env STRATO_PORT)")
+    p.add_argument("--tiers", help="local tiers (env STRATO_TIERS)")
+
+
+def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
+    """Tiers, their models, sizes, hits and misses: from the running server if one
+    answers at STRATO_HOST:STRATO_PORT, else what the local tiers hold."""
+    report = _server_cache(settings) or _local_cache(settings)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    rows = [{"tier": t["name"], "used": human_size(t.get("usage", 0)),
+             "capacity": human_size(t.get("capacity", 0)), "models": len(t.get("entries", [])),
+             "hits": t.get("hits", 0), "misses": t.get("misses", 0),
+             "written": human_size(t.get("bytes_written", 0)),
+             "evictions": t.get("evictions", 0)} for t in report.get("tiers", [])]
+    print(table(rows, ("tier", "used", "capacity", "models", "hits", "misses", "written",
+                       "evictions")))
+    models = local_models(report)
+    if models:
+        print()
+        print(table(models, ("model", "tier", "size", "digest")))
+    return 0
+
+
+def _server_cache(settings: Settings) -> dict[str, Any] | None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    try:
+        r = httpx.get(f"http://{settings.host}:{settings.port}/v1/cache", headers=headers,
+                      timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def _local_cache(settings: Settings) -> dict[str, Any]:
+    from core.store import build_loader, describe_tiers
+
+    loader, _ = build_loader(settings)
+    try:
+        return {"tiers": describe_tiers(loader)}
+    finally:
+        for tier in loader.tiers:
+            if hasattr(tier, "close"):
+                tier.close()
+
+
+class ProgressBar:
+    """One self-rewriting stderr line: bytes, percent, MB/s, ETA (plain text when piped)."""
+
+    def __init__(self, label: str) -> None:
+        import time
+
+        self.label, self.start, self.last, self.clock = label, time.monotonic(), 0.0, time
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int, phase: str = "", rate: float | None = None
+                 ) -> None:
+        now = self.clock.monotonic()
+        if done < total and now - self.last < (0.1 if self.tty else 2.0):
+            return
+        self.last = now
+        rate = rate if rate is not None else done / max(now - self.start, 1e-9)
+        eta = (total - done) / rate if rate > 0 else 0.0
+        pct = 100.0 * done / total if total else 100.0
+        width = 24
+        filled = int(width * pct / 100)
+        line = (f"{self.label} {phase} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{pct:5.1f}% {human_size(done)}/{human_size(total)} "
+                f"{rate / 1e6:.1f} MB/s eta {eta:.0f}s")
+        sys.stderr.write(("\r" + line) if self.tty else line + "\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 COMMANDS: list[Command] = [
     Command("serve", "serve the OpenAI-compatible API", _serve_flags, cmd_serve),
     Command("run", "answer one prompt, or chat", _run_flags, cmd_run),
     Command("list", "models in the local tiers", _list_flags, cmd_list),
     Command("inspect", "show a GGUF's header", _inspect_flags, cmd_inspect),
+    Command("push", "publish a GGUF to the registry", _push_flags, cmd_push),
+    Command("pull", "fetch a model into the local tiers", _pull_flags, cmd_pull),
+    Command("rm", "remove a model (local tiers, or --remote)", _rm_flags, cmd_rm),
+    Command("cache", "tiers, sizes, hits and misses", _cache_flags, cmd_cache),
 ]
 
 

@@ -91,8 +91,10 @@ class Server:
         config = uvicorn.Config(serve_app(settings, service), log_level="warning",
                                 timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.sock]}, daemon=True)
+        self.loop = asyncio.new_event_loop()  # where the service's engines live
+        self.thread = threading.Thread(target=self.loop.run_until_complete,
+                                       args=(self.server.serve(sockets=[self.sock]),),
+                                       daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -119,6 +121,11 @@ def server(gemma_path: Path) -> Iterator[Server]:
     settings = settings_for(gemma_path)
     srv = Server(settings, make_service(settings))
     try:
+        import httpx
+
+        assert wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=30).status_code == 200,
+                          300), \
+            "the default model never became ready"
         yield srv
     finally:
         srv.stop()

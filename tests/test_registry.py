@@ -159,3 +159,68 @@ def test_corrupt_manifest_is_refused_with_its_url(registry, tiny):
     with pytest.raises(Exception) as info:
         registry.manifest(RegistryRef("tiny", "v1"))
     assert "manifests/tiny/v1.json" in str(info.value) and status_of(info.value)[0] == 400
+
+
+@pytest.mark.parametrize("fixture", ["s3_bucket", "gcs_bucket", "az_container"])
+def test_registry_on_each_cloud(fixture, request, tiny):
+    """The same operations against each emulator, through the SDKs' standard variables."""
+    root = f"{request.getfixturevalue(fixture)}/models"
+    registry = Registry(root, chunk_size=CHUNK, streams=4)
+    raw = registry.push(str(tiny), parse_name_tag("ns/tiny:v1"))
+    z = registry.push(str(tiny), parse_name_tag("ns/tiny:z"), compress="zstd")
+    again = registry.push(str(tiny), parse_name_tag("copy:v1"))
+    assert raw.uploaded and z.uploaded and not again.uploaded
+    assert [(m.name, m.tag) for m in registry.list()] == [("copy", "v1"), ("ns/tiny", "v1"),
+                                                          ("ns/tiny", "z")]
+    assert registry.manifest(RegistryRef("ns/tiny", "z")) == z.manifest
+    assert registry.by_digest(DigestRef("ns/tiny", raw.manifest.hex)) is not None
+    assert registry.remove(RegistryRef("ns/tiny", "v1")) == (raw.manifest, False)
+    assert registry.remove(RegistryRef("copy", "v1")) == (again.manifest, True)
+    assert not registry.has_blob(raw.manifest.hex)
+    with pytest.raises(ModelNotFound):
+        registry.manifest(RegistryRef("copy", "v1"))
+
+
+def test_cli_push_pull_cache_rm_round_trip(tmp_path, tiny, capsys, monkeypatch):
+    """The CLI subcommands over a directory registry, with no server running."""
+    from handlers import cli
+
+    monkeypatch.setenv("STRATO_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.setenv("STRATO_TIERS", f"disk:{tmp_path / 'tier'}:1GiB")
+    monkeypatch.setenv("STRATO_PORT", "9")          # nothing listens: local report
+
+    def run(*argv: str) -> str:
+        code = cli.main(list(argv))
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return out.out
+
+    assert "uploaded" in run("push", str(tiny), "tiny:v1")
+    assert "from remote" in run("pull", "tiny:v1")
+    digest = blake3.blake3(tiny.read_bytes()).hexdigest()
+    assert (tmp_path / "tier" / "blobs" / f"{digest}.gguf").read_bytes() == tiny.read_bytes()
+    report = json.loads(run("cache", "--json"))
+    (tier,) = report["tiers"]
+    assert [e["model"] for e in tier["entries"]] == ["tiny:v1"]
+    assert "tiny:v1" in run("cache") and "tiny:v1" in run("list")
+    assert "removed tiny:v1" in run("rm", "tiny:v1")
+    assert json.loads(run("cache", "--json"))["tiers"][0]["entries"] == []
+    assert cli.main(["rm", "tiny:v1"]) == 1
+    assert "not in any local tier" in capsys.readouterr().err
+    assert cli.main(["pull", "nope:v1"]) == 1
+    assert "strato push" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compress", ["none", "zstd"])
+def test_inspect_reads_only_the_header_of_a_registry_model(tmp_path, tiny, compress):
+    from core.config import Settings
+    from core.store import read_header
+    from tiers.gguf_header import read_header_file
+
+    registry = Registry(str(tmp_path / "reg"), chunk_size=CHUNK)
+    registry.push(str(tiny), parse_name_tag("tiny:v1"), compress=compress)
+    header, size = read_header("tiny:v1", Settings(registry=registry.root))
+    local = read_header_file(str(tiny))
+    assert size == tiny.stat().st_size
+    assert (header.architecture, header.block_count, header.data_offset, header.tensors) == \
+        (local.architecture, local.block_count, local.data_offset, local.tensors)

@@ -132,10 +132,11 @@ class DiskTier:
             self.on_evict(d)
         return True
 
-    def make_room(self, size: int) -> None:
+    def make_room(self, size: int, keep: str | None = None) -> None:
         """Evict least-recently-used unpinned blobs until `size` more bytes fit.
 
-        Abandoned partials go first (they are not models); raises TierFull when what
+        Abandoned partials go first (they are not models; the one of `keep`, about to
+        be resumed, stays); raises TierFull when what
         remains pinned or in flight leaves too little room.
         """
         if size > self.capacity:
@@ -145,7 +146,8 @@ class DiskTier:
             if self.usage() + size <= self.capacity:
                 return
             for partial in self.blobs.glob("*.partial"):
-                if _abandoned(partial):
+                if (keep is None or not partial.name.startswith(f"{keep}.")) \
+                        and _abandoned(partial):
                     partial.unlink(missing_ok=True)
             for entry in self.entries():
                 if self.usage() + size <= self.capacity:
@@ -160,7 +162,17 @@ class DiskTier:
     # -- writing ---------------------------------------------------------------------------
 
     def begin_write(self, key: str, size: int, resume: bool = False) -> "DiskWriter":
-        self.make_room(size)
+        # An abandoned partial of the same blob is adopted or replaced, so its bytes
+        # are already counted in usage() and must not be reserved twice.
+        if size > self.capacity:
+            self.make_room(size)                        # raises TierFull with the reason
+        stale = 0
+        for partial in self.blobs.glob(f"{key}.*.partial"):
+            try:
+                stale += partial.stat().st_size if _abandoned(partial) else 0
+            except FileNotFoundError:
+                pass
+        self.make_room(max(0, size - stale), keep=key if resume else None)
         return DiskWriter(self, key, size, resume)
 
 

@@ -22,43 +22,25 @@ calls it through `asyncio.to_thread`, and callbacks run on the loader's thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import blake3
 
 from tiers import remote
-from tiers.base import BlobPlan, Tier, TierStats, TierWriter, chunk_range, n_chunks
-from tiers.errors import (CorruptModel, DiskFull, IntegrityError, SourceUnavailable,
-                          TierFull, TransientError)
-from tiers.gguf_header import FIRST_READ, GGUFHeader, NeedMore, parse, read_header_file
+from tiers.base import BlobPlan, Tier, TierStats
+from tiers.errors import DiskFull, IntegrityError, TierFull
+from tiers.fetch import ChunkFetch, Progress
+from tiers.gguf_header import GGUFHeader, read_header_file
+from tiers.writebehind import WriteBehind
 
 log = logging.getLogger("strato.tiers")
 
 REMOTE = "remote"
 COPY_BLOCK = 8 << 20
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: verified bytes so far, of `total`, after `seconds`."""
-
-    name: str
-    done: int
-    total: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        """Bytes per second since the fetch started."""
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        return (self.total - self.done) / self.rate if self.rate > 0 else None
 
 
 @dataclass
@@ -72,6 +54,7 @@ class ModelHandle:
     tier: str            # the tier `path` points into
     seconds: float
     header: GGUFHeader
+    resumed: int = 0     # bytes kept from an abandoned earlier attempt (not refetched)
     _release: Callable[[], None] | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -85,12 +68,6 @@ class ModelHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-class _ChunkFailed(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind       # "integrity" | "short"
 
 
 class Loader:
@@ -112,6 +89,10 @@ class Loader:
         self.stats = stats or TierStats()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._pending: list[threading.Thread] = []
+        # Parsed headers by digest: a large vocabulary costs ~0.2 s to parse again, which
+        # would be a good part of a RAM-tier swap.
+        self._headers: dict[str, GGUFHeader] = {}
         for tier in self.tiers:
             if hasattr(tier, "on_evict"):
                 tier.on_evict = lambda digest, t=tier: self.stats.record("eviction", t.name)
@@ -197,7 +178,8 @@ class Loader:
                             tier.unpin(digest)
                             use = tier = faster
                 path = use.path(digest)
-                header = read_header_file(path)
+                header = self._headers.get(digest) or read_header_file(path)
+                self._headers[digest] = header
             except BaseException:
                 tier.unpin(digest)
                 raise
@@ -260,6 +242,10 @@ class Loader:
 
     def _fetch(self, plan: BlobPlan, start: float, on_header: Callable | None,
                on_progress: Callable | None, targets: Sequence[str] | None) -> ModelHandle:
+        """The miss path. Steps: size (plan or remote), target tiers that fit, one writer
+        per tier (persistent tiers behind a volatile fastest one write behind it), the
+        verified concurrent fetch, commit the fastest, persist the rest in the background.
+        Any failure aborts every writer: nothing partial is ever kept as a model."""
         etag = None
         size = plan.size
         if size is None:
@@ -268,37 +254,80 @@ class Loader:
         chosen = self._targets(plan, size, targets)
         key = plan.digest or "url-" + blake3.blake3(plan.url.encode()).hexdigest()[:40]
         resume = plan.chunk_digests is not None
-        writers: list[tuple[Tier, TierWriter]] = []
+        writers: list[tuple[Tier, Any]] = []
         try:
             for tier in chosen:
                 try:
-                    writers.append((tier, tier.begin_write(key, size, resume=resume)))
+                    writer: Any = tier.begin_write(key, size, resume=resume)
                 except (TierFull, DiskFull) as exc:
                     if tier is chosen[-1] and not writers:
                         raise
                     log.warning("tier %s skipped for %s: %s", tier.name, plan.label, exc)
-            job = _Fetch(self, plan, size, [w for _, w in writers], on_header, on_progress,
-                         start)
+                    continue
+                if writers and not writers[0][0].persistent:
+                    writer = WriteBehind(writer, tier.name)
+                writers.append((tier, writer))
+            job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
+                             retries=self.retries, backoff=self.backoff,
+                             on_header=on_header, on_progress=on_progress, start=start)
             header, digest = job.run()
+            self._headers[digest] = header
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,
                     "name": plan.name, **({"gguf": header.summary()}
                                           if "gguf" not in plan.meta else {})}
-            for tier, writer in writers:
-                writer.commit(digest, meta)
+            now = [(t, w) for t, w in writers if not isinstance(w, WriteBehind)]
+            later = [(t, w) for t, w in writers if isinstance(w, WriteBehind)]
+            for tier, w in now:
+                w.commit(digest, meta)
                 self.stats.record("bytes", tier.name, size)
         except BaseException:
-            for _, writer in writers:
-                writer.abort()
+            for _, w in writers:
+                w.abort()
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
+        if later:
+            fastest.pin(digest)          # held until the tiers behind it are filled
+            self._background(self._persist, fastest, later, digest, meta, size)
         seconds = time.monotonic() - start
         log.info("loaded %s (%d bytes) from remote in %.2fs (%.1f MB/s) into %s",
                  plan.label, size, seconds, size / max(seconds, 1e-9) / 1e6,
                  ", ".join(t.name for t, _ in writers))
         return ModelHandle(path=fastest.path(digest), digest=digest, size=size,
                            source=REMOTE, tier=fastest.name, seconds=seconds, header=header,
-                           _release=lambda: fastest.unpin(digest))
+                           resumed=job.resumed, _release=lambda: fastest.unpin(digest))
+
+    def _background(self, fn: Callable[..., None], *args: object) -> None:
+        # Not a daemon: a CLI process that exits right after a load still finishes it.
+        thread = threading.Thread(target=fn, args=args, name="strato-persist")
+        with self._locks_guard:
+            self._pending = [t for t in self._pending if t.is_alive()] + [thread]
+        thread.start()
+
+    def _persist(self, fastest: Tier, later: list[tuple[Tier, WriteBehind]], digest: str,
+                 meta: dict, size: int) -> None:
+        """Finish the write-behind tiers from the fast copy (fsync, rename) and count them."""
+        try:
+            fd = os.open(fastest.path(digest), os.O_RDONLY)
+            try:
+                for tier, sink in later:
+                    try:
+                        sink.finish(lambda off, n: os.pread(fd, n, off), digest, meta)
+                        self.stats.record("bytes", tier.name, size)
+                    except Exception as exc:  # noqa: BLE001 - the served copy is fine
+                        log.warning("could not persist %s in %s: %s", digest[:12], tier.name,
+                                    exc)
+            finally:
+                os.close(fd)
+        finally:
+            fastest.unpin(digest)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait for background commits into persistent tiers (tests, shutdown)."""
+        with self._locks_guard:
+            pending = list(self._pending)
+        for thread in pending:
+            thread.join(timeout)
 
     def _targets(self, plan: BlobPlan, size: int, names: Sequence[str] | None) -> list[Tier]:
         pool = [t for t in self.tiers if names is None or t.name in names]
@@ -309,172 +338,6 @@ class Loader:
                      if biggest else "no tier is configured")
             raise TierFull(f"{plan.label} needs {size} bytes but {where}")
         return fits
-
-
-class _Fetch:
-    """One miss: concurrent chunk fetches into a set of writers (state of one load)."""
-
-    def __init__(self, loader: Loader, plan: BlobPlan, size: int, writers: list[TierWriter],
-                 on_header: Callable | None, on_progress: Callable | None, start: float
-                 ) -> None:
-        self.loader, self.plan, self.size, self.writers = loader, plan, size, writers
-        self.on_header, self.on_progress, self.start = on_header, on_progress, start
-        self.n = n_chunks(size, plan.chunk_size)
-        self.stop = threading.Event()
-        self.landed = [False] * self.n
-        self.prefix = 0                # chunks [0, prefix) have all landed
-        self.hasher = blake3.blake3() if plan.digest is None else None
-        self.header: GGUFHeader | None = None
-        self.done_bytes = 0
-
-    def run(self) -> tuple[GGUFHeader, str]:
-        order = list(self.plan.order) if self.plan.order is not None else list(range(self.n))
-        if sorted(order) != list(range(self.n)):
-            raise ValueError(f"fetch order of {self.plan.label} is not a permutation of "
-                             f"its {self.n} chunks")
-        todo = [i for i in order if not self._resumed(i)]
-        self._advance()
-        with ThreadPoolExecutor(max_workers=self.loader.streams,
-                                thread_name_prefix="strato-fetch") as pool:
-            pending: set[Future] = {pool.submit(self._chunk, i) for i in todo}
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in finished:
-                        index = fut.result()
-                        self.landed[index] = True
-                        self.done_bytes += _length(index, self.size, self.plan.chunk_size)
-                    self._advance()
-                    if self.on_progress is not None:
-                        self.on_progress(Progress(self.plan.label, self.done_bytes, self.size,
-                                                  time.monotonic() - self.start))
-            except BaseException:
-                self.stop.set()
-                for fut in pending:
-                    fut.cancel()
-                raise
-        if self.header is None:
-            raise CorruptModel(f"{self.plan.label}: GGUF header is truncated")
-        digest = self.plan.digest or self.hasher.hexdigest()  # type: ignore[union-attr]
-        if self.plan.digest is not None and self.plan.chunk_digests is None:
-            self._verify_whole(digest)
-        return self.header, digest
-
-    def _resumed(self, index: int) -> bool:
-        """A chunk left by an abandoned attempt that still matches its digest."""
-        digests = self.plan.chunk_digests
-        start, end = chunk_range(index, self.size, self.plan.chunk_size)
-        if digests is None or any(w.resumed_bytes() < end for w in self.writers):
-            return False
-        for w in self.writers:
-            if blake3.blake3(w.read_at(start, end - start)).hexdigest() != digests[index]:
-                return False
-        self.landed[index] = True
-        self.done_bytes += end - start
-        return True
-
-    def _advance(self) -> None:
-        """Extend the landed prefix: parse the header, feed the in-order hash."""
-        cs = self.plan.chunk_size
-        while self.prefix < self.n and self.landed[self.prefix]:
-            start, end = chunk_range(self.prefix, self.size, cs)
-            if self.hasher is not None:
-                self.hasher.update(self.writers[0].read_at(start, end - start))
-            self.prefix += 1
-        if self.header is None and self.prefix:
-            avail = min(self.prefix * cs, self.size)
-            want = min(avail, FIRST_READ)
-            while True:
-                try:
-                    header = parse(self.writers[0].read_at(0, want), self.size)
-                    break
-                except NeedMore as need:
-                    if want >= self.size:
-                        raise CorruptModel(f"{self.plan.label}: GGUF header is "
-                                           "truncated") from None
-                    if want >= avail:
-                        return          # wait for more chunks to land
-                    want = min(need.needed, avail)
-            self.header = header
-            if self.on_header is not None:
-                self.on_header(header)
-
-    def _chunk(self, index: int) -> int:
-        """Fetch, verify and write one chunk, retrying; returns its index."""
-        plan, loader = self.plan, self.loader
-        start, end = chunk_range(index, self.size, plan.chunk_size)
-        failures: list[BaseException] = []
-        for attempt in range(loader.retries + 1):
-            if self.stop.is_set():
-                raise SourceUnavailable("load cancelled")
-            try:
-                data = self._read(index, start, end)
-                for w in self.writers:
-                    w.write_at(start, data)
-                return index
-            except (TransientError, _ChunkFailed) as exc:
-                failures.append(exc)
-                log.warning("chunk %d of %s failed (attempt %d): %s", index, plan.label,
-                            attempt + 1, exc)
-                if attempt < loader.retries:
-                    self.stop.wait(loader.backoff * (2 ** attempt))
-        last = failures[-1]
-        tries = len(failures)
-        if isinstance(last, _ChunkFailed) and last.kind == "integrity":
-            raise IntegrityError(f"chunk {index} of {plan.label} failed BLAKE3 verification "
-                                 f"{tries} times: {last}")
-        if isinstance(last, _ChunkFailed):
-            raise CorruptModel(f"{plan.label} at {plan.url} is truncated: {last}")
-        raise SourceUnavailable(f"{plan.url} kept failing after {tries} attempts "
-                                f"(chunk {index}): {last}")
-
-    def _read(self, index: int, start: int, end: int) -> bytes:
-        plan = self.plan
-        if plan.compression == "zstd":
-            assert plan.frame_offsets is not None
-            lo, hi = plan.frame_offsets[index], plan.frame_offsets[index + 1]
-            frame = remote.read_range(plan.url, lo, hi)
-            if len(frame) != hi - lo:
-                raise _ChunkFailed("short", f"frame {index}: got {len(frame)} of "
-                                            f"{hi - lo} bytes")
-            data = _decompress(frame, end - start)
-        else:
-            data = remote.read_range(plan.url, start, end)
-            if len(data) != end - start:
-                raise _ChunkFailed("short", f"bytes {start}-{end}: got {len(data)} of "
-                                            f"{end - start}")
-        if plan.chunk_digests is not None:
-            got = blake3.blake3(data).hexdigest()
-            if got != plan.chunk_digests[index]:
-                raise _ChunkFailed("integrity", f"expected {plan.chunk_digests[index]}, "
-                                                f"got {got}")
-        return data
-
-    def _verify_whole(self, digest: str) -> None:
-        hasher = blake3.blake3()
-        for offset in range(0, self.size, COPY_BLOCK):
-            hasher.update(self.writers[0].read_at(offset, min(COPY_BLOCK, self.size - offset)))
-        if hasher.hexdigest() != digest:
-            raise IntegrityError(f"{self.plan.label}: blob digest mismatch, expected "
-                                 f"{digest}, got {hasher.hexdigest()}")
-
-
-def _length(index: int, size: int, chunk_size: int) -> int:
-    start, end = chunk_range(index, size, chunk_size)
-    return end - start
-
-
-def _decompress(frame: bytes, raw_len: int) -> bytes:
-    import zstandard
-
-    try:
-        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_len)
-    except zstandard.ZstdError as exc:
-        raise _ChunkFailed("integrity", f"zstd frame does not decode: {exc}") from exc
-    if len(data) != raw_len:
-        raise _ChunkFailed("integrity", f"zstd frame decodes to {len(data)} bytes, "
-                                        f"expected {raw_len}")
-    return data
 
 
 __all__ = ["Loader", "ModelHandle", "Progress", "REMOTE"]

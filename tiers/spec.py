@@ -96,5 +96,9 @@ def build_tiers(text: str) -> tuple[list[Any], Any]:
             tiers.append(RamTier(spec.capacity))
         else:
             assert spec.capacity is not None and spec.path is not None
-            tiers.append(DiskTier(spec.path, spec.capacity))
+            try:
+                tiers.append(DiskTier(spec.path, spec.capacity))
+            except OSError as exc:
+                raise TierSpecError(f"disk tier {spec.path}: cannot use the directory "
+                                    f"({exc.strerror or exc})") from exc
     return tiers, vram

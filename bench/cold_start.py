@@ -1,0 +1,206 @@
+"""Cold start: strato's tiered loader versus the plain path, against one S3 (moto_server).
+
+One run, same object store, same model (the bundled Gemma 3 270M, 253 MB), empty caches:
+
+1. raw fetch     the fastest plain s3fs fetch of the GGUF's bytes into memory (many
+                 concurrent ranged reads; the best of a few stream counts). The floor.
+2. warm          Llama(...) on a file already in the page cache, then one token.
+3. plain path    boto3 `download_file`, then `Llama(...)`, then one token: what a
+                 Lambda handler without strato does.
+4. strato cold   ModelManager with empty RAM and disk tiers, registry on S3: request ->
+                 manifest -> verified layer-ordered fetch -> load -> first token.
+5. swap          two models resident in the RAM tier, one engine at a time: time to the
+                 first token of the model that was just unloaded (no remote access).
+
+Printed: each time, `strato / plain` (target <= 0.7) and `strato / (raw + warm)`
+(target <= 1.15), and the swap time (target < 1 s). Not a test: numbers depend on the
+machine; README.md quotes the ones measured there.
+
+    .venv/bin/python bench/cold_start.py [--streams 16] [--chunk 8MiB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+BUCKET = "strato-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def drop_page_cache(path: Path) -> None:
+    """Best effort: evict one file from the page cache so 'cold' means cold locally too."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def one_token_llama(path: str, threads: int) -> float:
+    """Llama(...) then one generated token; returns seconds (the plain path's tail)."""
+    from llama_cpp import Llama
+
+    start = time.monotonic()
+    llm = Llama(path, n_ctx=256, n_threads=threads, verbose=False)
+    llm.create_completion("The sky is", max_tokens=1, temperature=0.0)
+    seconds = time.monotonic() - start
+    llm.close()
+    return seconds
+
+
+def raw_fetch(url: str, size: int, streams: int, chunk: int) -> float:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    path = url.split("://", 1)[1]
+    starts = list(range(0, size, chunk))
+    ends = [min(s + chunk, size) for s in starts]
+    start = time.monotonic()
+    # s3fs runs cat_ranges concurrently on its event loop, `batch_size` at a time.
+    parts = fs.cat_ranges([path] * len(starts), starts, ends, batch_size=streams)
+    seconds = time.monotonic() - start
+    assert sum(len(p) for p in parts) == size
+    return seconds
+
+
+async def first_token(manager, model: str) -> float:
+    from core.generation import GenerationRequest, SamplingParams
+
+    start = time.monotonic()
+    engine = await manager.engine(model)
+    async for _ in engine.generate(GenerationRequest("The sky is", 1,
+                                                     SamplingParams(temperature=0.0))):
+        break
+    return time.monotonic() - start
+
+
+def variant(gemma: Path, dest: Path) -> Path:
+    data = bytearray(gemma.read_bytes())
+    at = data.index(b"general.name") + len(b"general.name") + 12
+    data[at] = ord("X")
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--chunk", default="8MiB")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+
+    from core.config import Settings, parse_size
+    from core.default_model import default_model_path
+    from core.models import ModelManager
+    from core.references import parse_name_tag
+    from core.registry import Registry
+
+    chunk = parse_size(args.chunk)
+    gemma = default_model_path()
+    size = gemma.stat().st_size
+    work = Path(tempfile.mkdtemp(prefix="strato-bench-"))
+    moto, endpoint = start_moto()
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    results: dict[str, float] = {}
+    try:
+        import boto3
+
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.upload_file(str(gemma), BUCKET, "raw/gemma.gguf")
+        registry = Registry(f"s3://{BUCKET}/registry", chunk_size=chunk, streams=args.streams)
+        registry.push(str(gemma), parse_name_tag("gemma3:270m"))
+        registry.push(str(variant(gemma, work / "variant.gguf")), parse_name_tag("other:v1"))
+        print(f"model: {gemma.name}, {size / 1e6:.1f} MB; S3: moto_server at {endpoint}; "
+              f"{args.threads} threads, {args.streams} streams, chunk {args.chunk}")
+
+        raw = min(raw_fetch(f"s3://{BUCKET}/raw/gemma.gguf", size, n, chunk)
+                  for n in sorted({4, 8, args.streams, 32}))
+        results["raw fetch (s3fs, best)"] = raw
+        one_token_llama(str(gemma), args.threads)            # page cache warm
+        results["warm load + 1 token"] = warm = one_token_llama(str(gemma), args.threads)
+
+        target = work / "plain.gguf"
+        start = time.monotonic()
+        s3.download_file(BUCKET, "raw/gemma.gguf", str(target))
+        download = time.monotonic() - start
+        results["plain: download_file"] = download
+        results["plain: total (download + load + 1 token)"] = plain = \
+            download + one_token_llama(str(target), args.threads)
+
+        settings = Settings(registry=f"s3://{BUCKET}/registry", ctx=256, parallel=2,
+                            threads=args.threads, streams=args.streams, chunk=chunk,
+                            tiers=f"ram:2GiB,disk:{work / 'tier'}:4GiB")
+
+        async def strato() -> None:
+            manager = ModelManager(settings)
+            try:
+                results["strato cold: request -> first token"] = \
+                    await first_token(manager, "gemma3:270m")
+            finally:
+                await manager.close()
+            swapper = ModelManager(dataclasses.replace(settings, tiers="ram:2GiB"), budget=1)
+            try:
+                await first_token(swapper, "gemma3:270m")
+                await first_token(swapper, "other:v1")
+                results["swap (RAM tier, other model unloaded)"] = \
+                    await first_token(swapper, "gemma3:270m")
+            finally:
+                await swapper.close()
+
+        asyncio.run(strato())
+    finally:
+        moto.terminate()
+        moto.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    for name, seconds in results.items():
+        print(f"  {name:<44} {seconds:7.2f} s")
+    cold = results["strato cold: request -> first token"]
+    print(f"  strato cold / plain path                     {cold / plain:7.2f}x  (target <= 0.70)")
+    print(f"  strato cold / (raw fetch + warm)             {cold / (raw + warm):7.2f}x  "
+          "(target <= 1.15)")
+    print(f"  swap                                         "
+          f"{results['swap (RAM tier, other model unloaded)']:7.2f} s  (target < 1 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

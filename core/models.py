@@ -1,0 +1,341 @@
+"""`ModelManager`: the ModelService behind every handler.
+
+A request's `model` goes: reference (core.references) -> Source (core.resolver: a
+manifest, a plain object or a local file) -> tiers.loader (fastest tier that has it, else
+the remote, verified) -> a local path -> `LlamaEngine.load` in a thread.
+
+Rules it keeps:
+- several models per server; another one is loaded alongside while the memory budget
+  allows, else the least recently used *idle* engines are unloaded (core.residency);
+  an engine serving a stream is never closed under it;
+- loads run one at a time (two cores do not load two models faster than one); requests
+  for a model that is loading wait for it, up to `load_timeout`, then get a 503;
+- a failed load is reported to whoever waited and logged; the engines already loaded
+  keep serving;
+- every tier hit, miss, byte and eviction, the load time by source tier and the load
+  progress go to core.metrics; each access feeds the promotion policy (core.promotion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from core import metrics
+from core.config import Settings
+from core.errors import ModelUnavailable, StratoError
+from core.generation import Engine, ModelInfo
+from core.promotion import Promoter
+from core.references import DigestRef, Reference, RegistryRef
+from core.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
+                            to_unload)
+from core.resolver import Resolver, Source
+from core.store import build_loader, describe_tiers
+from tiers.errors import SourceUnavailable, StorageError
+from tiers.gguf_header import GGUFHeader, read_header_file
+from tiers.fetch import Progress
+from tiers.loader import ModelHandle
+from tiers.vram import oom_attempts
+
+log = logging.getLogger("strato.models")
+
+def _engine_class() -> Any:
+    from core.engine import LlamaEngine  # llama.cpp only where a model is loaded
+
+    return LlamaEngine
+
+
+class ModelManager:
+    """Implements core.service.ModelService. Create it inside or outside a running loop;
+    every async method must then be called on one loop."""
+
+    def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
+        self.settings = settings
+        self.resolver = Resolver(settings)
+        self.default_model = self.resolver.default_model()
+        self.loader, self.vram = build_loader(settings)
+        self.promoter = Promoter(self.loader, settings, prefetch=self._prefetch_bytes)
+        self.budget = budget if budget is not None else memory_budget()
+        self._entries: dict[str, Loaded] = {}
+        self._loading: dict[str, asyncio.Task[Loaded]] = {}
+        self._headers: dict[str, ModelInfo] = {}
+        self._progress: dict[str, Progress] = {}
+        self._errors: dict[str, str] = {}
+        self._load_lock: asyncio.Lock | None = None
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+
+    # -- ModelService ---------------------------------------------------------------
+
+    async def engine(self, model: str | None) -> Engine:
+        ref, key = self._ref(model)
+        entry = self._entries.get(key)
+        if entry is None:
+            task = self._start(key, ref)
+            try:
+                entry = await asyncio.wait_for(asyncio.shield(task), self.settings.load_timeout)
+            except asyncio.TimeoutError:
+                raise ModelUnavailable(
+                    f"model {key} is still loading after {self.settings.load_timeout:g}s; "
+                    "retry shortly", retry_after=5) from None
+        entry.last_used = time.monotonic()
+        self.promoter.accessed(key, entry.digest)
+        return TrackedEngine(entry, self._went_idle)
+
+    def models(self) -> list[ModelInfo]:
+        infos = [e.engine.info for e in self._entries.values()]
+        infos += [i for k, i in self._headers.items() if k not in self._entries]
+        return infos
+
+    def ready(self) -> bool:
+        if self.default_model is None:
+            return True
+        try:
+            _, key = self._ref(self.default_model)
+        except StratoError:
+            return False
+        return key in self._entries
+
+    async def prefetch(self, model: str) -> None:
+        """Start loading `model` in the background; a bad reference raises at once."""
+        ref, key = self._ref(model)
+        if key not in self._entries:
+            self._start(key, ref)
+
+    def cache_report(self) -> dict[str, Any]:
+        return {
+            "registry": self.resolver.registry.root,
+            "tiers": describe_tiers(self.loader),
+            "vram": None if self.vram is None else {"free": self.vram.free_bytes(),
+                                                    "capacity": self.vram.capacity},
+            "loaded": [{"model": e.key, "digest": e.digest, "source": e.source,
+                        "tier": e.handle.tier if e.handle else "file",
+                        "size": e.engine.info.size_bytes, "load_seconds": round(e.seconds, 3),
+                        "active": e.active, "footprint": e.footprint}
+                       for e in self._entries.values()],
+            "loading": [{"model": k, "done": p.done, "total": p.total,
+                         "bytes_per_second": round(p.rate), "eta_seconds": p.eta}
+                        for k, p in self._progress.items() if k in self._loading],
+            "errors": dict(self._errors),
+            "policy": self.promoter.report(),
+            "memory_budget": self.budget,
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._loading:
+            await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        for key in list(self._entries):
+            await asyncio.to_thread(self._unload, key)
+        await asyncio.to_thread(self.promoter.close)
+        for tier in self.loader.tiers:
+            if hasattr(tier, "close"):
+                tier.close()
+
+    # -- loading --------------------------------------------------------------------
+
+    def _ref(self, model: str | None) -> tuple[Reference, str]:
+        text = model or self.default_model
+        if not text:
+            raise ModelUnavailable("no model configured: name one in the request's "
+                                   "`model` field or set STRATO_MODEL")
+        ref = self.resolver.parse(text)
+        return ref, str(ref)
+
+    def _start(self, key: str, ref: Reference) -> asyncio.Task[Loaded]:
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key, ref))
+            self._loading[key] = task
+            task.add_done_callback(lambda t: self._finished(key, t))
+        return task
+
+    def _finished(self, key: str, task: asyncio.Task[Loaded]) -> None:
+        self._loading.pop(key, None)
+        self._progress.pop(key, None)
+        for gauge in (metrics.load_progress_bytes, metrics.load_throughput_bytes):
+            try:
+                gauge.remove(key)
+            except KeyError:
+                pass
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._errors.pop(key, None)
+        else:
+            self._headers.pop(key, None)
+            self._errors[key] = str(exc)
+            log.error("loading %s failed: %s", key, exc)
+
+    async def _load(self, key: str, ref: Reference) -> Loaded:
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if key in self._entries:
+                return self._entries[key]
+            if self._closed:
+                raise ModelUnavailable("the server is shutting down")
+            start = time.monotonic()
+            source = await asyncio.to_thread(self._resolve, ref)
+            handle = None
+            if source.plan is not None:
+                handle = await asyncio.to_thread(
+                    self.loader.load, source.plan,
+                    on_header=lambda h: self._header(key, h),
+                    on_progress=lambda p: self._on_progress(key, p))
+                path, tier, size = handle.path, handle.source, handle.size
+                n_layers = handle.header.block_count or 0
+            else:
+                assert source.path is not None
+                path, tier, size = source.path, "file", os.path.getsize(source.path)
+                header = await asyncio.to_thread(read_header_file, path)
+                n_layers = header.block_count or 0
+            try:
+                need = footprint(size, self.settings.ctx, n_layers)
+                await self._make_room(key, need)
+                engine = await asyncio.to_thread(self._load_engine, key, path, source, handle)
+            except BaseException:
+                if handle is not None:
+                    handle.release()
+                raise
+            if self._closed:
+                engine.close()
+                if handle is not None:
+                    handle.release()
+                raise ModelUnavailable("the server is shutting down")
+            seconds = time.monotonic() - start
+            metrics.load_seconds.labels(tier=tier).observe(seconds)
+            entry = Loaded(key, engine, handle, handle.digest if handle else None, tier,
+                           seconds, need)
+            self._entries[key] = entry
+            log.info("serving %s (%d bytes from %s) after %.2fs", key, size, tier, seconds)
+            return entry
+
+    def _resolve(self, ref: Reference) -> Source:
+        """Resolve, preferring what the local tiers already hold (no registry read)."""
+        if isinstance(ref, DigestRef) and self.loader.locate(ref.hex) is not None:
+            return self.resolver.local_plan(ref, ref.hex)
+        try:
+            return self.resolver.resolve(ref)
+        except (SourceUnavailable, StorageError) as exc:
+            digest = self._cached_digest(ref) if isinstance(ref, RegistryRef) else None
+            if digest is None or not isinstance(exc, SourceUnavailable):
+                raise
+            log.warning("registry unreachable (%s); serving the cached copy of %s", exc, ref)
+            return self.resolver.local_plan(ref, digest)
+
+    def _cached_digest(self, ref: RegistryRef) -> str | None:
+        for tier in self.loader.tiers:
+            for e in tier.entries():
+                if e.meta.get("name") == str(ref):
+                    return e.digest
+        return None
+
+    def _prefetch_bytes(self, key: str) -> None:
+        """Promoter thread: bring a likely-next model's bytes into the tiers, no engine."""
+        if key in self._entries or key in self._loading or self._closed:
+            return
+        source = self._resolve(self.resolver.parse(key))
+        if source.plan is not None:
+            self.loader.load(source.plan).release()
+
+    def _load_engine(self, key: str, path: str, source: Source,
+                     handle: ModelHandle | None) -> Any:
+        """LlamaEngine.load with the planned GPU layers; on a GPU, a failed load is
+        retried with fewer layers (tiers.vram.oom_attempts) before giving up.
+
+        Failures that are not typed already become ModelUnavailable (503), so a
+        model llama.cpp cannot load never turns into a 500.
+        """
+        attempts = self._gpu_attempts(source, handle)
+        for i, n_gpu_layers in enumerate(attempts):
+            try:
+                return _engine_class().load(path, name=key, settings=self.settings,
+                                            n_gpu_layers=n_gpu_layers)
+            except (StratoError, StorageError) as exc:
+                if i + 1 == len(attempts):
+                    raise
+                log.warning("loading %s with %d GPU layers failed (%s); retrying with %d",
+                            key, n_gpu_layers, exc, attempts[i + 1])
+            except Exception as exc:  # noqa: BLE001 - typed for the client below
+                raise ModelUnavailable(f"could not load {key}: {exc}") from exc
+        raise AssertionError("unreachable: at least one attempt is made")
+
+    def _gpu_attempts(self, source: Source, handle: ModelHandle | None) -> list[int]:
+        """n_gpu_layers to try in order: the setting, or a placement and its fallbacks."""
+        if self.settings.n_gpu_layers is not None:
+            return [self.settings.n_gpu_layers]
+        if self.vram is None:
+            return [0]
+        if source.manifest is not None:
+            layer_bytes = source.manifest.gguf.layer_bytes()
+            other = source.manifest.gguf.other_bytes()
+        elif handle is not None:
+            layer_bytes = handle.header.layer_bytes()
+            other = max(0, handle.size - handle.header.data_offset - sum(layer_bytes))
+        else:
+            return [0]
+        first = self.vram.place(layer_bytes, other)
+        return [a.n_gpu_layers for a in oom_attempts(first, len(layer_bytes))
+                if a.variant is None]
+
+    def _header(self, key: str, header: GGUFHeader) -> None:
+        """Runs on the loader thread: /v1/models can describe the model from here on."""
+        self._headers[key] = ModelInfo(
+            name=key, architecture=header.architecture,
+            n_ctx=min(self.settings.ctx, header.context_length or self.settings.ctx),
+            n_ctx_train=header.context_length or 0, chat_template=header.chat_template,
+            file_type=header.file_type, size_bytes=0)
+
+    def _on_progress(self, key: str, p: Progress) -> None:
+        previous = self._progress.get(key)
+        self._progress[key] = p
+        metrics.load_progress_bytes.labels(model=key).set(p.done)
+        metrics.load_throughput_bytes.labels(model=key).set(p.rate)
+        if previous is None or p.seconds - previous.seconds >= 2 or p.done == p.total:
+            log.info("loading %s: %.0f/%.0f MB, %.1f MB/s, eta %s", key, p.done / 1e6,
+                     p.total / 1e6, p.rate / 1e6,
+                     f"{p.eta:.1f}s" if p.eta is not None else "?")
+
+    # -- residency ------------------------------------------------------------------
+
+    async def _make_room(self, key: str, need: int) -> None:
+        deadline = time.monotonic() + self.settings.load_timeout
+        while True:
+            residents = [Resident(k, e.footprint, e.last_used,
+                                  e.active > 0 or e.engine.queue_depth() > 0)
+                         for k, e in self._entries.items()]
+            victims = to_unload(residents, need, self.budget)
+            if victims is not None:
+                for victim in victims:
+                    log.info("unloading %s to make room for %s", victim, key)
+                    await asyncio.to_thread(self._unload, victim)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ModelUnavailable(f"cannot load {key}: every loaded model is busy and "
+                                       "memory allows no more", retry_after=5)
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(remaining, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+    def _went_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.set()
+
+    def _unload(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        self._headers.pop(key, None)
+        if entry is None:
+            return
+        entry.engine.close()
+        if entry.handle is not None:
+            entry.handle.release()

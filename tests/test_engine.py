@@ -1,0 +1,222 @@
+"""LlamaEngine against the real Gemma 3 270M: loading, generation semantics (stop strings,
+max_tokens, EOS, usage, seeds, penalties), admission errors, cancellation, embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+
+import pytest
+
+from core.config import Settings
+from core.engine import LlamaEngine
+from core.errors import BadRequest, ContextOverflow, QueueFull
+from core.generation import GenerationRequest, SamplingParams, TokenEvent
+from tiers.errors import CorruptModel, ObjectNotFound
+
+STORY = "Once upon a time, in a small village by the sea, there lived"
+
+
+@pytest.fixture(scope="module")
+def engine(gemma_path):
+    eng = LlamaEngine.load(str(gemma_path), name="gemma", settings=Settings(threads=1, ctx=1024, parallel=2))
+    yield eng
+    eng.close()
+
+
+def run(engine: LlamaEngine, prompt: str, max_tokens: int = 24, **kw) -> list[TokenEvent]:
+    sampling = kw.pop("sampling", SamplingParams(temperature=0))
+
+    async def go() -> list[TokenEvent]:
+        req = GenerationRequest(prompt=prompt, max_tokens=max_tokens, sampling=sampling, **kw)
+        return [ev async for ev in engine.generate(req)]
+
+    return asyncio.run(go())
+
+
+def text_of(events: list[TokenEvent]) -> str:
+    return "".join(e.text for e in events)
+
+
+def test_info_describes_the_model(engine, gemma_path) -> None:
+    assert engine.info.architecture == "gemma3"
+    assert engine.info.n_ctx == 1024
+    assert engine.info.n_ctx_train >= 1024
+    assert engine.info.size_bytes == os.path.getsize(gemma_path)
+    assert "Q4_K" in (engine.info.file_type or "")
+
+
+def test_max_tokens_gives_length_and_usage(engine) -> None:
+    events = run(engine, STORY, max_tokens=16)
+    last = events[-1]
+    assert last.finish_reason == "length"
+    assert last.completion_tokens == 16
+    assert last.prompt_tokens == len(engine.tokenize(STORY))
+    assert all(e.finish_reason is None for e in events[:-1])
+    assert len(text_of(events)) > 0
+
+
+def test_greedy_is_deterministic(engine) -> None:
+    assert text_of(run(engine, STORY)) == text_of(run(engine, STORY))
+
+
+def test_stop_string_cuts_and_never_leaks(engine) -> None:
+    full = text_of(run(engine, STORY, max_tokens=32))
+    words = full.split()
+    assert len(words) > 4, full
+    stop = " " + words[3]  # a word from the middle of the real continuation
+    events = run(engine, STORY, max_tokens=32, stop=(stop,))
+    assert events[-1].finish_reason == "stop"
+    assert text_of(events) == full[:full.index(stop)]
+    assert stop not in text_of(events)
+
+
+def test_end_of_generation_token_stops_with_stop(engine) -> None:
+    # The default model is a base model that rarely ends a turn by itself; a grammar that
+    # is complete after "yes" leaves only end-of-generation tokens to sample.
+    prompt = engine.render_chat([{"role": "user", "content": "Reply with just the word: yes"}])
+    events = run(engine, prompt, max_tokens=50, grammar='root ::= "yes"')
+    assert events[-1].finish_reason == "stop"
+    assert text_of(events) == "yes"  # the EOG token itself is not rendered
+    assert events[-1].completion_tokens < 50
+
+
+def test_seed_makes_sampling_reproducible(engine) -> None:
+    def sample(seed: int) -> str:
+        return text_of(run(engine, STORY, max_tokens=32,
+                           sampling=SamplingParams(temperature=1.2, top_k=0, top_p=1.0,
+                                                   min_p=0.0, seed=seed)))
+
+    assert sample(11) == sample(11)
+    assert len({sample(11), sample(12), sample(13)}) > 1
+
+
+def test_repeat_penalty_changes_greedy_output(engine) -> None:
+    prompt = "1, 1, 1, 1, 1, 1, 1, 1, 1, 1,"
+    plain = text_of(run(engine, prompt, max_tokens=24))
+    penalised = text_of(run(engine, prompt, max_tokens=24,
+                            sampling=SamplingParams(temperature=0, repeat_penalty=1.8,
+                                                    presence_penalty=1.0)))
+    assert plain != penalised
+    assert penalised.count("1") < plain.count("1")
+
+
+def test_multibyte_text_is_never_split(engine) -> None:
+    prompt = engine.render_chat([{"role": "user", "content": "「こんにちは」を日本語で三回書いて。"}])
+    events = run(engine, prompt, max_tokens=40)
+    text = text_of(events)
+    assert any(ord(c) > 0x3000 for c in text), text
+    assert "\ufffd" not in text
+
+
+def test_context_overflow_raises_before_any_event(engine) -> None:
+    long_prompt = "word " * 2000
+
+    async def go() -> list[TokenEvent]:
+        got = []
+        async for ev in engine.generate(GenerationRequest(prompt=long_prompt, max_tokens=4)):
+            got.append(ev)
+        return got
+
+    with pytest.raises(ContextOverflow) as info:
+        asyncio.run(go())
+    assert info.value.status == 400 and "1024" in info.value.message
+
+
+def test_invalid_requests_are_bad_requests(engine) -> None:
+    for req in (GenerationRequest(prompt=STORY, max_tokens=0),
+                GenerationRequest(prompt="", max_tokens=4, add_bos=False),
+                GenerationRequest(prompt=STORY, max_tokens=4,
+                                  sampling=SamplingParams(temperature=-1))):
+        with pytest.raises(BadRequest):
+            asyncio.run(_drain(engine, req))
+
+
+async def _drain(engine: LlamaEngine, req: GenerationRequest) -> list[TokenEvent]:
+    return [ev async for ev in engine.generate(req)]
+
+
+def test_queue_full_is_refused_with_retry_after(gemma_path) -> None:
+    eng = LlamaEngine.load(str(gemma_path), name="tiny-queue",
+                           settings=Settings(threads=1, ctx=256, parallel=1, max_queue=1))
+
+    async def go() -> None:
+        first = eng.submit(GenerationRequest(prompt=STORY, max_tokens=48))
+        await first.__anext__()  # running in the only slot
+        second = eng.submit(GenerationRequest(prompt=STORY, max_tokens=4))  # waits
+        assert eng.queue_depth() == 1
+        with pytest.raises(QueueFull) as info:
+            await eng.generate(GenerationRequest(prompt=STORY, max_tokens=4)).__anext__()
+        assert info.value.status == 429 and info.value.retry_after >= 1
+        # The running stream was not cut off by the newer requests.
+        rest = [ev async for ev in first]
+        assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 48
+        assert [ev async for ev in second][-1].completion_tokens == 4
+
+    try:
+        asyncio.run(go())
+    finally:
+        eng.close()
+
+
+def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
+    async def go() -> None:
+        agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=500))
+        await agen.__anext__()
+        await agen.__anext__()
+        await agen.aclose()
+        for _ in range(200):
+            if engine.scheduler.running() == 0:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert engine.scheduler.running() == 0
+    slots = engine.scheduler._slots
+    assert all(s.owner is None for s in slots)
+
+
+def test_embeddings_are_normalised_and_distinct(engine) -> None:
+    async def go():
+        return await engine.embed(["The cat sat on the mat.", "The cat sat on the mat.",
+                                   "Quarterly revenue grew by four percent."])
+
+    vectors, n_tokens = asyncio.run(go())
+    assert len(vectors) == 3 and n_tokens > 10
+    for v in vectors:
+        assert math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-3)
+    assert vectors[0] == vectors[1]
+    assert vectors[0] != vectors[2]
+
+
+def test_embeddings_beside_running_generation(engine) -> None:
+    async def go():
+        agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=24))
+        gen_task = asyncio.create_task(_collect(agen))
+        vectors, _ = await engine.embed("hello")
+        return await gen_task, vectors
+
+    events, vectors = asyncio.run(go())
+    assert events[-1].completion_tokens == 24 and len(vectors) == 1
+
+
+async def _collect(agen) -> list[TokenEvent]:
+    return [ev async for ev in agen]
+
+
+def test_missing_file_is_object_not_found(tmp_path) -> None:
+    with pytest.raises(ObjectNotFound):
+        LlamaEngine.load(str(tmp_path / "nope.gguf"), name="x", settings=Settings())
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_corrupt_gguf_is_corrupt_model(tmp_path, gemma_path, kind) -> None:
+    bad = tmp_path / f"{kind}.gguf"
+    if kind == "garbage":
+        bad.write_bytes(b"not a gguf at all" * 100)
+    else:
+        with open(gemma_path, "rb") as src:
+            bad.write_bytes(src.read(4 << 20))
+    with pytest.raises(CorruptModel, match="could not load"):
+        LlamaEngine.load(str(bad), name="x", settings=Settings(threads=1, ctx=256, parallel=1))

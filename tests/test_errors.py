@@ -1,0 +1,208 @@
+"""Every error the API promises, by status and OpenAI envelope, over a real server.
+
+After each one the same server must still answer a real completion: an error never
+leaves a half-admitted sequence, a stuck lock or a dead event loop behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.http_server import (API_KEY, Server, make_service, server,  # noqa: F401
+                               settings_for)
+
+# One client with a patient timeout: two shared cores make a 5 s default flaky.
+http = httpx.Client(timeout=300)
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def model(server: Server) -> str:
+    return http.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["id"]
+
+
+def envelope(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert the status and OpenAI's error shape; return the inner error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def still_serving(server: Server, model: str) -> None:
+    r = http.post(f"{server.url}/v1/chat/completions", headers=AUTH,
+                   json={**CHAT, "model": model, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 1
+
+
+def post(server: Server, path: str = "/v1/chat/completions", **kwargs: Any) -> httpx.Response:
+    kwargs.setdefault("headers", AUTH)
+    return http.post(f"{server.url}{path}", **kwargs)
+
+
+# --- 400 ------------------------------------------------------------------------------
+
+
+def test_malformed_json(server: Server, model: str) -> None:
+    err = envelope(post(server, content=b'{"messages": [', headers={
+        **AUTH, "content-type": "application/json"}), 400)
+    assert err["type"] == "invalid_request_error" and "JSON" in err["message"]
+    still_serving(server, model)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": "m"}, "messages"),
+    ({"messages": "hello"}, "messages"),
+    ({**CHAT, "temperature": "hot"}, "temperature"),
+    ({**CHAT, "max_tokens": -1}, "max_tokens"),
+    ({**CHAT, "max_tokens": 10**9}, "max_tokens"),
+    ({**CHAT, "max_tokens": "8"}, "max_tokens"),
+    ({**CHAT, "n": 2}, "n"),
+    ({**CHAT, "stop": 5}, "stop"),
+    ({**CHAT, "messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+])
+def test_bad_chat_bodies(server: Server, model: str, body: dict, param: str) -> None:
+    err = envelope(post(server, json={"model": model, **body}), 400)
+    assert err["param"] == param
+    still_serving(server, model)
+
+
+def test_missing_prompt_and_bad_embeddings_input(server: Server, model: str) -> None:
+    assert envelope(post(server, "/v1/completions", json={"model": model}), 400)[
+        "param"] == "prompt"
+    assert envelope(post(server, "/v1/embeddings", json={"model": model, "input": [1]}),
+                    400)["param"] == "input"
+    still_serving(server, model)
+
+
+def test_prompt_longer_than_context(server: Server, model: str) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    long = "word " * 3000  # the test server's context is 1024 tokens
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, max_tokens=4,
+                                       messages=[{"role": "user", "content": long}])
+    assert info.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):  # streamed: refused before any 200
+        client.completions.create(model=model, prompt=long, max_tokens=4, stream=True)
+    still_serving(server, model)
+
+
+def test_openai_client_sees_param(server: Server, model: str) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=[{"role": "user",
+                                                               "content": "x"}], n=3)
+    assert info.value.param == "n" and info.value.status_code == 400
+
+
+# --- 401, 404, 405, 413 -----------------------------------------------------------------
+
+
+def test_bad_or_missing_key(server: Server, model: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        err = envelope(http.get(f"{server.url}/v1/models", headers=headers), 401)
+        assert err["type"] == "authentication_error" and err["code"] == "invalid_api_key"
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=model, messages=CHAT["messages"])
+    assert http.get(f"{server.url}/health").status_code == 200  # probes stay open
+    still_serving(server, model)
+
+
+def test_unknown_model(server: Server, model: str) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="/nonexistent/missing.gguf",
+                                       messages=CHAT["messages"])
+    assert info.value.code == "model_not_found"
+    still_serving(server, model)
+
+
+def test_unknown_route_and_method(server: Server, model: str) -> None:
+    assert envelope(http.get(f"{server.url}/v2/nothing", headers=AUTH), 404)
+    assert envelope(http.get(f"{server.url}/v1/chat/completions", headers=AUTH), 405)
+
+
+def test_body_too_large(server: Server, model: str) -> None:
+    big = {**CHAT, "model": model, "pad": "x" * (server.settings.max_body + 1)}
+    err = envelope(post(server, json=big), 413)
+    assert err["code"] == "payload_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the streamed count applies
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(server.settings.max_body // 1024 + 2):
+            yield b"y" * 1024
+        yield b'"}]}'
+
+    assert envelope(post(server, content=chunked(), headers={
+        **AUTH, "content-type": "application/json"}), 413)["code"] == "payload_too_large"
+    still_serving(server, model)
+
+
+# --- 429 ------------------------------------------------------------------------------
+
+
+def test_queue_full_answers_429_with_retry_after(server: Server, model: str) -> None:
+    """parallel=4 slots and max_queue=2: of 10 simultaneous streams some must wait and
+    the rest be refused with 429 and Retry-After; the admitted ones finish normally."""
+    body = {**CHAT, "model": model, "max_tokens": 16, "stream": True}
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, str | None, str]:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            text = (await r.aread()).decode()
+            return r.status_code, r.headers.get("retry-after"), text
+
+    async def main() -> list[tuple[int, str | None, str]]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, limits=limits,
+                                     timeout=120) as client:
+            return await asyncio.gather(*(one(client) for _ in range(10)))
+
+    results = asyncio.run(main())
+    refused = [r for r in results if r[0] == 429]
+    served = [r for r in results if r[0] == 200]
+    assert refused and served and len(refused) + len(served) == 10, \
+        [r[0] for r in results]
+    for _, retry_after, text in refused:
+        assert retry_after is not None and int(retry_after) >= 1
+        assert '"code":"queue_full"' in text.replace(" ", "")
+    for _, _, text in served:
+        assert text.rstrip().endswith("data: [DONE]")
+    still_serving(server, model)
+
+
+# --- 503 ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broken_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose default model is a corrupt GGUF: it never becomes ready."""
+    path: Path = tmp_path_factory.mktemp("broken") / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 4096)
+    settings = settings_for(path, api_key=None)
+    srv = Server(settings, make_service(settings))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_model_that_fails_to_load_is_503(broken_server: Server) -> None:
+    err = envelope(http.get(f"{broken_server.url}/ready"), 503)
+    assert err["type"] == "server_error"
+    r = http.post(f"{broken_server.url}/v1/chat/completions", json=CHAT, timeout=120)
+    err = envelope(r, 503)
+    assert err["type"] == "server_error"
+    assert http.get(f"{broken_server.url}/health").status_code == 200
+    assert envelope(http.get(f"{broken_server.url}/ready"), 503)

@@ -1,0 +1,179 @@
+"""The progressive loader against real stores: cold loads, hits, promotion, plain URIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.services import Store
+from tests.tiny_gguf import digest, plan_for, write_tiny_gguf, zstd_frames
+from tiers.base import BlobPlan, TierStats
+from tiers.disk import DiskTier
+from tiers.gguf_header import parse
+from tiers.loader import REMOTE, Loader
+from tiers.ram import RamTier
+
+CHUNK = 16 << 10
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> bytes:
+    return write_tiny_gguf(tmp_path / "tiny.gguf").read_bytes()
+
+
+def tiers_in(tmp_path: Path, ram: int = 64 << 20, disk: int = 64 << 20) -> list:
+    return [RamTier(ram), DiskTier(tmp_path / "cache", disk)]
+
+
+def test_cold_load_from_each_store_fills_every_tier(store: Store, model: bytes,
+                                                    tmp_path: Path) -> None:
+    url = store.put("blobs/tiny.gguf", model)
+    tiers = tiers_in(tmp_path)
+    stats = TierStats()
+    loader = Loader(tiers, streams=8, stats=stats)
+    headers, progress = [], []
+    handle = loader.load(plan_for(url, model, CHUNK, name="tiny:latest"),
+                         on_header=headers.append, on_progress=progress.append)
+    assert handle.source == REMOTE and handle.tier == "ram"
+    assert handle.path.startswith("/proc/self/fd/")
+    assert Path(handle.path).read_bytes() == model
+    assert handle.digest == digest(model)
+    assert headers and headers[0].block_count == 4 and headers[0].architecture == "llama"
+    assert headers[0].chat_template == "{{ messages }}"
+    assert progress[-1].done == progress[-1].total == len(model)
+    # both tiers got a verified copy, named by digest (disk is committed behind RAM)
+    loader.flush()
+    disk = tiers[1]
+    assert (disk.blobs / f"{handle.digest}.gguf").read_bytes() == model
+    assert disk.meta(handle.digest)["source"] == url
+    assert disk.meta(handle.digest)["gguf"]["block_count"] == 4
+    assert not list(disk.blobs.glob("*.partial"))
+    snap = stats.snapshot()
+    assert snap["ram"]["misses"] == 1 and snap["ram"]["bytes_written"] == len(model)
+    assert snap[disk.name]["bytes_written"] == len(model)
+    handle.release()
+
+
+def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,
+                                                          http_root) -> None:
+    (http_root.directory / "m.gguf").write_bytes(model)
+    plan = plan_for(f"{http_root.url}/m.gguf", model, CHUNK)
+    tiers = tiers_in(tmp_path)
+    loader = Loader(tiers)
+    loader.load(plan).release()
+    loader.flush()
+    (http_root.directory / "m.gguf").unlink()          # a hit must not need the remote
+    again = loader.load(plan)
+    assert again.source == "ram" and Path(again.path).read_bytes() == model
+    again.release()
+    # a new process: empty RAM, same disk directory
+    fresh = Loader([RamTier(64 << 20), DiskTier(tmp_path / "cache", 64 << 20)])
+    hit = fresh.load(plan)
+    assert hit.source == fresh.tiers[1].name and hit.tier == fresh.tiers[1].name
+    assert hit.header.block_count == 4
+    hit.release()
+    promoted = fresh.load(plan, promote=True)
+    assert promoted.tier == "ram" and Path(promoted.path).read_bytes() == model
+    assert fresh.tiers[0].contains(plan.digest)
+
+
+def test_plain_uri_is_hashed_while_streaming_and_remembered(model: bytes, tmp_path: Path,
+                                                            s3_bucket: str) -> None:
+    from tiers import remote
+
+    url = f"{s3_bucket}/plain/tiny.gguf"
+    remote.write_bytes(url, model)
+    loader = Loader(tiers_in(tmp_path), streams=4)
+    handle = loader.load(BlobPlan(url=url, chunk_size=CHUNK))
+    assert handle.digest == digest(model) and handle.size == len(model)
+    handle.release()
+    assert loader.digest_for(url) == digest(model)
+    remote.rm(url)                                     # the hit must not touch the remote
+    again = loader.load(BlobPlan(url=url, chunk_size=CHUNK))
+    assert again.source == "ram" and again.digest == digest(model)
+
+
+def test_plain_uri_revalidates_when_asked(model: bytes, tmp_path: Path, http_root) -> None:
+    path = http_root.directory / "m.gguf"
+    path.write_bytes(model)
+    url = f"{http_root.url}/m.gguf"
+    loader = Loader(tiers_in(tmp_path))
+    first = loader.load(BlobPlan(url=url, chunk_size=CHUNK))
+    other = write_tiny_gguf(tmp_path / "other.gguf", seed=7).read_bytes()
+    path.write_bytes(other)
+    assert loader.load(BlobPlan(url=url, chunk_size=CHUNK)).digest == first.digest
+    changed = loader.load(BlobPlan(url=url, chunk_size=CHUNK), revalidate=True)
+    assert changed.digest == digest(other) and changed.source == REMOTE
+
+
+def test_zstd_frames_are_decompressed_and_verified(model: bytes, tmp_path: Path,
+                                                   gcs_bucket: str) -> None:
+    from tiers import remote
+
+    frames, offsets = zstd_frames(model, CHUNK)
+    url = f"{gcs_bucket}/blobs/blake3/{digest(model)}"
+    remote.write_bytes(url, frames)
+    raw = plan_for(url, model, CHUNK)
+    plan = BlobPlan(url=url, size=len(model), digest=raw.digest, chunk_size=CHUNK,
+                    chunk_digests=raw.chunk_digests, compression="zstd",
+                    frame_offsets=offsets)
+    handle = Loader(tiers_in(tmp_path)).load(plan)
+    assert Path(handle.path).read_bytes() == model
+
+
+def test_fetch_order_puts_the_header_first(model: bytes, tmp_path: Path, http_root) -> None:
+    """A layer-ordered plan (header chunk first, then last layer first) yields the exact
+    bytes; the header is announced after the first chunk, while the rest still streams."""
+    (http_root.directory / "m.gguf").write_bytes(model)
+    n = -(-len(model) // CHUNK)
+    order = (0, *range(n - 1, 0, -1))
+    events: list[tuple[str, int]] = []
+    loader = Loader(tiers_in(tmp_path), streams=1)
+    handle = loader.load(plan_for(f"{http_root.url}/m.gguf", model, CHUNK, order=order),
+                         on_header=lambda h: events.append(("header", 0)),
+                         on_progress=lambda p: events.append(("progress", p.done)))
+    assert Path(handle.path).read_bytes() == model
+    assert events[0] == ("header", 0) and events[1] == ("progress", CHUNK)
+    assert len(events) == n + 1 and events[-1] == ("progress", len(model))
+    assert parse(model).data_offset == handle.header.data_offset
+
+
+def test_targets_limit_where_a_miss_is_written(model: bytes, tmp_path: Path,
+                                               http_root) -> None:
+    (http_root.directory / "m.gguf").write_bytes(model)
+    tiers = tiers_in(tmp_path)
+    handle = Loader(tiers).load(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
+                                targets=[tiers[1].name])
+    assert handle.tier == tiers[1].name
+    assert not tiers[0].contains(handle.digest) and tiers[1].contains(handle.digest)
+
+
+def test_background_promotion_copies_to_the_next_faster_tier(model: bytes, tmp_path: Path,
+                                                             http_root) -> None:
+    (http_root.directory / "m.gguf").write_bytes(model)
+    tiers = tiers_in(tmp_path)
+    loader = Loader(tiers)
+    plan = plan_for(f"{http_root.url}/m.gguf", model, CHUNK)
+    loader.load(plan, targets=[tiers[1].name]).release()
+    assert loader.promote(plan.digest)
+    assert tiers[0].contains(plan.digest)
+    assert Path(tiers[0].path(plan.digest)).read_bytes() == model
+    assert not loader.promote("0" * 64)
+
+
+def test_a_header_spanning_many_chunks(tmp_path: Path, http_root) -> None:
+    big = write_tiny_gguf(tmp_path / "big.gguf", vocab=20_000).read_bytes()
+    header_size = parse(big).header_size
+    assert header_size > 4 * CHUNK
+    (http_root.directory / "big.gguf").write_bytes(big)
+    events: list[tuple[str, int]] = []
+    handle = Loader(tiers_in(tmp_path), streams=4).load(
+        plan_for(f"{http_root.url}/big.gguf", big, CHUNK),
+        on_header=lambda h: events.append(("header", h.data_offset)),
+        on_progress=lambda p: events.append(("progress", p.done)))
+    headers = [e for e in events if e[0] == "header"]
+    assert headers == [("header", parse(big).data_offset)]
+    after = [done for kind, done in events[events.index(headers[0]):] if kind == "progress"]
+    assert after[0] < len(big) // 2 and after[-1] == len(big)   # announced mid-stream
+    assert Path(handle.path).read_bytes() == big

@@ -1,0 +1,343 @@
+"""ModelManager with the real model, real tiers (memfd RAM, a disk directory) and a real
+directory registry: loads from the remote then from tiers, waits during loads, refuses
+and survives bad models, swaps without the remote, never unloads a model in use, and
+serves the bundled Gemma by default through the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.errors import InvalidReference, ModelNotFound, ModelUnavailable, status_of
+from core.generation import GenerationRequest, SamplingParams
+from core.models import ModelManager
+from core.references import parse_name_tag
+from core.registry import Registry
+from core.residency import Resident, to_unload
+from tiers.errors import IntegrityError
+
+GREEDY = SamplingParams(temperature=0.0, seed=1)
+
+
+def settings(tmp_path: Path, **kw) -> Settings:
+    base = Settings(registry=str(tmp_path / "registry"),
+                    tiers=f"ram:1GiB,disk:{tmp_path / 'disk'}:2GiB",
+                    ctx=256, parallel=2, threads=2, chunk=8 << 20, streams=8,
+                    load_timeout=300)
+    return dataclasses.replace(base, **kw)
+
+
+def variant_of(gemma: Path, dest: Path, letter: bytes) -> Path:
+    """A second, distinct, loadable model: Gemma with one byte of its name changed."""
+    data = bytearray(gemma.read_bytes())
+    key = data.index(b"general.name")
+    # key string, then u32 type (8 = string), u64 length, then the value's bytes
+    value_at = key + len(b"general.name") + 4 + 8
+    data[value_at] = letter[0]
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+async def first_tokens(engine, n: int = 4) -> str:
+    text = ""
+    async for event in engine.generate(GenerationRequest("The sky is", n, GREEDY)):
+        text += event.text
+    return text
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, gemma_path):
+    """A registry holding Gemma as gemma3:270m and a distinct variant as other:v1."""
+    root = tmp_path_factory.mktemp("shared")
+    registry = Registry(str(root / "registry"))
+    registry.push(str(gemma_path), parse_name_tag("gemma3:270m"))
+    variant = variant_of(gemma_path, root / "variant.gguf", b"X")
+    registry.push(str(variant), parse_name_tag("other:v1"))
+    return root / "registry"
+
+
+def test_unload_decisions_are_lru_and_spare_busy_models():
+    rs = [Resident("a", 100, 1.0, False), Resident("b", 100, 2.0, False),
+          Resident("c", 100, 0.5, True)]
+    assert to_unload(rs, 50, 400) == []
+    assert to_unload(rs, 150, 400) == ["a"]
+    assert to_unload(rs, 250, 400) == ["a", "b"]
+    assert to_unload(rs, 350, 400) is None           # only busy "c" would be left to go
+    assert to_unload([], 10_000, 1) == []            # the only model is always tried
+
+
+def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path):
+    async def main():
+        s = settings(tmp_path, registry=str(pushed))
+        first = ModelManager(s)
+        try:
+            engine = await first.engine("gemma3:270m")
+            assert engine.info.name == "gemma3:270m"
+            assert await first_tokens(engine)
+            report = first.cache_report()
+            (loaded,) = report["loaded"]
+            assert loaded["source"] == "remote" and loaded["tier"] == "ram"
+            by_name = {t["kind"]: t for t in report["tiers"]}
+            assert by_name["ram"]["misses"] == 1 and by_name["disk"]["misses"] == 1
+            assert by_name["disk"]["bytes_written"] == gemma_path.stat().st_size
+            assert [e["size"] for e in by_name["disk"]["entries"]] == \
+                [gemma_path.stat().st_size]
+            assert first.default_model is None and first.ready()  # a registry: no default
+        finally:
+            await first.close()
+        # A new process on the same disk directory: a disk hit, the blobs are not read
+        # (they are moved away; the manifests stay).
+        blobs, away = pushed / "blobs", pushed.with_name("blobs-away")
+        os.rename(blobs, away)
+        second = ModelManager(s)
+        try:
+            engine = await second.engine("gemma3:270m")
+            assert await first_tokens(engine)
+            assert second.cache_report()["loaded"][0]["source"].startswith("disk:")
+        finally:
+            await second.close()
+            os.rename(away, blobs)
+
+    asyncio.run(main())
+
+
+def test_requests_during_a_load_wait_and_share_one_fetch(tmp_path, pushed):
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed)))
+        try:
+            engines = await asyncio.gather(*(manager.engine("gemma3:270m") for _ in range(3)))
+            assert len({id(e._engine) for e in engines}) == 1
+            ram = next(t for t in manager.cache_report()["tiers"] if t["kind"] == "ram")
+            assert ram["misses"] == 1 and ram["bytes_written"] > 0
+            outs = await asyncio.gather(*(first_tokens(e) for e in engines))
+            assert len(set(outs)) == 1      # greedy, same prompt: same answer
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_bad_references_and_unknown_models_leave_the_server_serving(tmp_path, pushed):
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed)))
+        try:
+            await manager.engine("gemma3:270m")
+            with pytest.raises(ModelNotFound) as info:
+                await manager.engine("gemma3:9000b")
+            assert status_of(info.value)[0] == 404 and "gemma3:9000b" in str(info.value)
+            with pytest.raises(InvalidReference):
+                await manager.engine("../../etc/passwd")
+            with pytest.raises(ModelNotFound):
+                await manager.engine(str(tmp_path / "missing.gguf"))
+            assert "gemma3:9000b" in manager.cache_report()["errors"]
+            assert await first_tokens(await manager.engine("gemma3:270m"))
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_corrupted_blob_is_never_served(tmp_path, gemma_path):
+    registry = Registry(str(tmp_path / "registry"))
+    m = registry.push(str(gemma_path), parse_name_tag("bad:1")).manifest
+    blob = Path(registry.root) / m.blob_key
+    with open(blob, "r+b") as f:
+        f.seek(m.size // 2)
+        byte = f.read(1)
+        f.seek(m.size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    async def main():
+        manager = ModelManager(settings(tmp_path))
+        try:
+            with pytest.raises(IntegrityError) as info:
+                await manager.engine("bad:1")
+            assert status_of(info.value)[0] == 503
+            report = manager.cache_report()
+            assert all(t["entries"] == [] for t in report["tiers"])
+            assert report["loaded"] == []
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushed):
+    async def main():
+        s = settings(tmp_path, registry=str(pushed), tiers="ram:1GiB")
+        manager = ModelManager(s, budget=1)     # room for one engine at a time
+        try:
+            a = await manager.engine("gemma3:270m")
+            answer_a = await first_tokens(a)
+            b = await manager.engine("other:v1")
+            assert await first_tokens(b)
+            assert [e["model"] for e in manager.cache_report()["loaded"]] == ["other:v1"]
+            # The registry disappears: both models must now come from the RAM tier.
+            moved = pushed.with_name("moved-away")
+            os.rename(pushed, moved)
+            try:
+                again = await manager.engine("gemma3:270m")
+                assert await first_tokens(again) == answer_a
+                report = manager.cache_report()
+                assert report["loaded"][0]["source"] == "ram"
+                ram = report["tiers"][0]
+                assert ram["hits"] == 1 and ram["misses"] == 2
+            finally:
+                os.rename(moved, pushed)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_model_in_use_is_not_unloaded(tmp_path, pushed):
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), tiers="ram:1GiB"),
+                               budget=1)
+        try:
+            a = await manager.engine("gemma3:270m")
+            stream = a.generate(GenerationRequest("Count:", 64, GREEDY))
+            await stream.__anext__()     # A is serving a stream until it is drained
+            waiting = asyncio.ensure_future(manager.engine("other:v1"))
+            done, _ = await asyncio.wait([waiting], timeout=10)
+            assert not done              # B waits: A is busy and memory allows one
+            assert [e["model"] for e in manager.cache_report()["loaded"]] == ["gemma3:270m"]
+            rest = [e async for e in stream]          # the stream was not interrupted
+            assert rest[-1].finish_reason in ("length", "stop")
+            assert rest[-1].completion_tokens == 64 or rest[-1].finish_reason == "stop"
+            b = await waiting                         # A went idle: it made room for B
+            assert await first_tokens(b)
+            assert [e["model"] for e in manager.cache_report()["loaded"]] == ["other:v1"]
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_load_timeout_answers_503_while_the_load_goes_on(tmp_path, pushed):
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), load_timeout=0.001))
+        try:
+            with pytest.raises(ModelUnavailable, match="still loading") as info:
+                await manager.engine("gemma3:270m")
+            assert status_of(info.value)[0] == 503 and info.value.retry_after
+            await manager.prefetch("gemma3:270m")
+            while manager._loading:
+                await asyncio.sleep(0.05)
+            assert await first_tokens(await manager.engine("gemma3:270m"))
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_local_file_and_prefetch_and_ready(tmp_path, gemma_path):
+    async def main():
+        manager = ModelManager(settings(tmp_path, model=str(gemma_path)))
+        try:
+            assert manager.default_model == str(gemma_path) and not manager.ready()
+            with pytest.raises(InvalidReference):
+                await manager.prefetch("s3://bucket")
+            await manager.prefetch(str(gemma_path))
+            assert manager._loading
+            while not manager.ready():
+                await asyncio.sleep(0.05)
+            (loaded,) = manager.cache_report()["loaded"]
+            assert loaded["source"] == "file" and loaded["tier"] == "file"
+            assert [m.name for m in manager.models()] == [str(gemma_path)]
+            assert await first_tokens(await manager.engine(None))
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_default_serves_bundled_gemma_through_a_local_registry(tmp_path, gemma_path,
+                                                               monkeypatch):
+    cache = tmp_path / "cache"
+    (cache / "strato" / "models").mkdir(parents=True)
+    os.symlink(gemma_path, cache / "strato" / "models" / gemma_path.name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+
+    async def main():
+        manager = ModelManager(Settings(ctx=256, parallel=2, threads=2,
+                                        tiers=f"ram:1GiB,disk:{tmp_path / 'disk'}:1GiB"))
+        try:
+            assert manager.default_model == "gemma3:270m"
+            engine = await manager.engine(None)
+            assert engine.info.name == "gemma3:270m" and manager.ready()
+            assert await first_tokens(engine)
+            manifest = cache / "strato" / "registry" / "manifests" / "gemma3" / "270m.json"
+            assert manifest.exists()
+            assert manager.cache_report()["loaded"][0]["source"] == "remote"
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+async def _wait_for(predicate, timeout: float = 120.0) -> bool:
+    """Poll a background effect (the deadline only bounds a hung test)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
+    async def main():
+        s = settings(tmp_path, registry=str(pushed), promote_per_hour=3)
+        first = ModelManager(s)
+        try:
+            digest = (await first.engine("gemma3:270m"))._entry.digest
+        finally:
+            await first.close()
+        second = ModelManager(s)        # a new process: RAM empty, the disk tier has it
+        try:
+            await second.engine("gemma3:270m")
+            assert second.cache_report()["loaded"][0]["source"].startswith("disk:")
+            ram = second.loader.tiers[0]
+            assert not ram.contains(digest)
+            await second.engine("gemma3:270m")    # 3rd request this hour (history persists)
+            assert await _wait_for(lambda: ram.contains(digest))
+            assert second.cache_report()["policy"]["promotions"] == 1
+        finally:
+            await second.close()
+
+    asyncio.run(main())
+
+
+def test_the_likely_next_model_is_prefetched_with_history_from_disk(tmp_path, pushed):
+    async def main():
+        s = settings(tmp_path, registry=str(pushed), tiers=f"ram:1GiB,disk:{tmp_path}/d1:2GiB")
+        learner = ModelManager(s, budget=1)
+        try:
+            for model in ("gemma3:270m", "other:v1", "gemma3:270m", "other:v1"):
+                await learner.engine(model)
+            other_digest = learner._entries["other:v1"].digest
+        finally:
+            await learner.close()                          # saves policy.json
+        fresh = tmp_path / "d2"
+        fresh.mkdir()
+        shutil.copy(tmp_path / "d1" / "policy.json", fresh / "policy.json")
+        s2 = dataclasses.replace(s, tiers=f"ram:1GiB,disk:{fresh}:2GiB")
+        manager = ModelManager(s2)
+        try:
+            assert manager.loader.locate(other_digest) is None
+            await manager.engine("gemma3:270m")            # history: other:v1 comes next
+            assert await _wait_for(lambda: manager.loader.locate(other_digest) is not None)
+            assert manager.cache_report()["policy"]["prefetches"] == 1
+            assert "other:v1" not in manager._entries      # bytes only, no engine
+        finally:
+            await manager.close()
+
+    asyncio.run(main())

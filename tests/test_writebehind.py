@@ -1,0 +1,48 @@
+"""Write-behind into a slower tier: chunks it could not take in time come from the fast copy."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from tests.tiny_gguf import digest
+from tiers.disk import DiskTier
+from tiers.writebehind import WriteBehind
+
+DATA = bytes(range(256)) * 64            # 16 KiB, 16 chunks of 1 KiB
+
+
+class Gated:
+    """A real disk writer whose first write waits for a gate (a disk that stalls)."""
+
+    def __init__(self, inner, gate: threading.Event) -> None:
+        self.inner, self.gate = inner, gate
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        self.gate.wait(10)
+        self.inner.write_at(offset, data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_a_stalled_disk_gets_the_skipped_chunks_from_the_fast_copy(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 1 << 20)
+    d = digest(DATA)
+    gate = threading.Event()
+    sink = WriteBehind(Gated(tier.begin_write(d, len(DATA)), gate), tier.name, depth=2)
+    for off in range(0, len(DATA), 1024):
+        sink.write_at(off, DATA[off:off + 1024])     # never blocks, even while stalled
+    assert sink.skipped >= 16 - 3                    # one in the writer, two queued
+    gate.set()
+    sink.finish(lambda off, n: DATA[off:off + n], d, {"source": "test"})
+    assert Path(tier.path(d)).read_bytes() == DATA
+    assert not list(tier.blobs.glob("*.partial"))
+
+
+def test_abort_leaves_nothing(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, 1 << 20)
+    sink = WriteBehind(tier.begin_write(digest(DATA), len(DATA)), tier.name)
+    sink.write_at(0, DATA[:1024])
+    sink.abort()
+    assert list(tier.blobs.iterdir()) == []

@@ -1,0 +1,97 @@
+"""Write-behind: fill a slower tier from the same stream without slowing the fast one.
+
+When a load targets RAM and disk (or EFS) at once, the request waits only for RAM. Each
+slower tier gets a `WriteBehind`: verified chunks are offered to a bounded queue that
+its own thread drains into the tier's writer. If the disk falls behind and the queue is
+full, the chunk is not waited for: it is noted as missing and copied from the fast
+tier afterwards. So chunks land in every tier at once when the disks keep up, a slow
+disk never throttles the download, and a kill -9 still leaves a resumable partial.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Mapping
+
+from tiers.base import TierWriter
+
+log = logging.getLogger("strato.tiers")
+_STOP = None
+
+
+class WriteBehind:
+    """A TierWriter facade whose `write_at` never blocks on the underlying writer."""
+
+    def __init__(self, writer: TierWriter, name: str, depth: int = 8) -> None:
+        self.writer = writer
+        self.name = name
+        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=depth)
+        self._missing: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+        self._aborted = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"strato-wb-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            if self.error is not None or self._aborted:
+                continue
+            try:
+                self.writer.write_at(*item)
+            except BaseException as exc:  # noqa: BLE001 - reported by finish()
+                self.error = exc
+
+    # -- the TierWriter side the fetch sees ------------------------------------------------
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        try:
+            self._queue.put_nowait((offset, data))
+        except queue.Full:
+            with self._lock:
+                self._missing.append((offset, len(data)))
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self.writer.read_at(offset, length)
+
+    def resumed_bytes(self) -> int:
+        return self.writer.resumed_bytes()
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def finish(self, read_fast: Callable[[int, int], bytes], digest: str,
+               meta: Mapping[str, Any]) -> None:
+        """Drain the queue, copy the chunks that were skipped from the fast tier, commit.
+
+        Runs in the background after the fast tier is serving; raises what the writer
+        raised (DiskFull, ...) after aborting it, so the caller can log it.
+        """
+        self._queue.put(_STOP)
+        self._thread.join()
+        try:
+            if self.error is not None:
+                raise self.error
+            for offset, length in self._missing:
+                self.writer.write_at(offset, read_fast(offset, length))
+            self.writer.commit(digest, meta)
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def commit(self, digest: str, meta: Mapping[str, Any] | None = None) -> None:
+        raise RuntimeError("a write-behind writer is committed with finish()")
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.writer.abort()
+
+    @property
+    def skipped(self) -> int:
+        """Chunks that did not fit the queue and will be copied from the fast tier."""
+        with self._lock:
+            return len(self._missing)
