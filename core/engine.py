@@ -74,6 +74,32 @@ def _meta(model: Any, key: str) -> str | None:
     return buf.value.decode("utf-8", errors="replace")
 
 
+def _step_tokens(settings: Settings) -> int:
+    return int(settings.extra.get("step_tokens", DEFAULT_STEP_TOKENS))
+
+
+def _generation_params(settings: Settings, n_ctx: int) -> Any:
+    """Context parameters for the batching scheduler's one context."""
+    step = _step_tokens(settings)
+    cparams = ll.llama_context_default_params()
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = step                 # at most one step's tokens per llama_decode
+    cparams.n_ubatch = min(step, 512)
+    cparams.n_seq_max = settings.parallel
+    threads = settings.threads or os.cpu_count() or 1
+    cparams.n_threads = cparams.n_threads_batch = threads
+    # One unified cache shared by all sequences: a sequence may use the whole context,
+    # and llama_memory_seq_cp can share prefix cells between sequences without a copy.
+    cparams.kv_unified = True
+    # Full-size sliding-window caches (Gemma 3): a partial seq_rm / seq_cp of a prefix
+    # stays valid, which prefix reuse depends on.
+    cparams.swa_full = True
+    cparams.flash_attn_type = int(settings.extra.get("flash_attn",
+                                                     ll.LLAMA_FLASH_ATTN_TYPE_AUTO))
+    cparams.no_perf = True
+    return cparams
+
+
 @dataclass(frozen=True)
 class _Loaded:
     model: Any
@@ -100,7 +126,7 @@ class LlamaEngine:
         self._closed = False
         self.scheduler = Scheduler(
             llama=ll, ctx=self._ctx, n_ctx=info.n_ctx, n_slots=settings.parallel,
-            step_tokens=int(settings.extra.get("step_tokens", DEFAULT_STEP_TOKENS)),
+            step_tokens=_step_tokens(settings),
             max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog, name=name)
 
     # -- loading ------------------------------------------------------------------
@@ -125,22 +151,7 @@ class LlamaEngine:
         try:
             n_ctx_train = ll.llama_model_n_ctx_train(model)
             n_ctx = min(settings.ctx, n_ctx_train) if n_ctx_train > 0 else settings.ctx
-            step = int(settings.extra.get("step_tokens", DEFAULT_STEP_TOKENS))
-            cparams = ll.llama_context_default_params()
-            cparams.n_ctx = n_ctx
-            cparams.n_batch = step
-            cparams.n_ubatch = min(step, 512)
-            cparams.n_seq_max = settings.parallel
-            threads = settings.threads or os.cpu_count() or 1
-            cparams.n_threads = cparams.n_threads_batch = threads
-            # One unified cache shared by all sequences: a sequence may use the whole
-            # context, and llama_memory_seq_cp can share prefix cells between sequences.
-            cparams.kv_unified = True
-            # Full-size sliding-window caches (Gemma 3): partial seq_rm / seq_cp of a
-            # prefix stay valid, which prefix reuse depends on.
-            cparams.swa_full = True
-            cparams.flash_attn_type = int(settings.extra.get("flash_attn", ll.LLAMA_FLASH_ATTN_TYPE_AUTO))
-            cparams.no_perf = True
+            cparams = _generation_params(settings, n_ctx)
             ctx = ll.llama_init_from_model(model, cparams)
             if not ctx:
                 raise CorruptModel(f"llama.cpp could not create a context for {path} "

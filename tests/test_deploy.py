@@ -195,7 +195,8 @@ def test_template_handler_answers_generated_events(built: dict[str, Path], gemma
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-S", "-c", HARNESS, fn["Handler"],
                            str(ROOT / "events"), str(out), *events],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600,
+                          cwd=built["function"])  # Lambda's working directory is /var/task
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())
     assert results["module_file"].startswith(str(built["function"]))

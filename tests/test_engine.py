@@ -205,6 +205,24 @@ async def _collect(agen) -> list[TokenEvent]:
     return [ev async for ev in agen]
 
 
+def test_loads_from_an_anonymous_memory_file(gemma_path) -> None:
+    """The RAM tier hands llama.cpp /proc/self/fd/N of a memfd: no disk path at all."""
+    fd = os.memfd_create("strato-test-model")
+    try:
+        with open(gemma_path, "rb") as src:
+            while chunk := src.read(16 << 20):
+                os.write(fd, chunk)
+        eng = LlamaEngine.load(f"/proc/self/fd/{fd}", name="memfd",
+                               settings=Settings(threads=1, ctx=256, parallel=1))
+        try:
+            assert eng.info.size_bytes == os.path.getsize(gemma_path)
+            assert run(eng, STORY, max_tokens=4)[-1].completion_tokens == 4
+        finally:
+            eng.close()
+    finally:
+        os.close(fd)
+
+
 def test_missing_file_is_object_not_found(tmp_path) -> None:
     with pytest.raises(ObjectNotFound):
         LlamaEngine.load(str(tmp_path / "nope.gguf"), name="x", settings=Settings())

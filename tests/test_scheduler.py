@@ -179,8 +179,8 @@ def test_json_schema_stays_valid_inside_a_batch(engine) -> None:
 
 
 def test_long_prompt_mid_stream_does_not_pause_other_streams(engine) -> None:
-    long_prompt = " ".join(f"item{i}" for i in range(1000))  # about 2,000+ tokens
-    assert len(engine.tokenize(long_prompt)) >= 2000
+    long_prompt = " ".join(f"item{i}" for i in range(540))
+    assert 2000 <= len(engine.tokenize(long_prompt)) < 2300
     budget = engine.scheduler.step_tokens
 
     async def go():

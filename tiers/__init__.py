@@ -22,6 +22,11 @@ GGUF headers (tiers/gguf_header.py): read_header(read, size), read_header_file(p
 parse(prefix) -> GGUFHeader (architecture, file_type, context_length, block_count,
 chat_template, data_offset, layer_ranges(), layer_bytes(), summary()).
 
+Loader extras: locate(digest), digest_for(url), promote(digest, to=None) (policy copies a
+blob up a tier, verified), flush() (wait for the disk tiers written behind RAM).
+Inside the loader: tiers/fetch.py (concurrent verified chunk fetch, Progress),
+tiers/writebehind.py (disk/EFS filled behind RAM without slowing it).
+
 Decisions (pure): tiers/vram.py (n_gpu_layers, OOM retry sequence), tiers/policy.py
 (promotion and prefetch). Errors: tiers/errors.py.
 """
