@@ -35,12 +35,13 @@ from core.residency import (Loaded, Resident, TrackedEngine, footprint, memory_b
 from core.resolver import Resolver, Source
 from core.store import build_loader, describe_tiers
 from tiers.errors import SourceUnavailable, StorageError
-from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.fetch import Progress
+from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
 from tiers.vram import oom_attempts
 
 log = logging.getLogger("strato.models")
+
 
 def _engine_class() -> Any:
     from core.engine import LlamaEngine  # llama.cpp only where a model is loaded
@@ -221,9 +222,9 @@ class ModelManager:
             return self.resolver.local_plan(ref, ref.hex)
         try:
             return self.resolver.resolve(ref)
-        except (SourceUnavailable, StorageError) as exc:
+        except SourceUnavailable as exc:
             digest = self._cached_digest(ref) if isinstance(ref, RegistryRef) else None
-            if digest is None or not isinstance(exc, SourceUnavailable):
+            if digest is None:
                 raise
             log.warning("registry unreachable (%s); serving the cached copy of %s", exc, ref)
             return self.resolver.local_plan(ref, digest)

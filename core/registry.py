@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from core import signing
 from core.errors import ModelNotFound
 from core.manifest import Manifest, header_summary, loads
 from core.references import DigestRef, RegistryRef
@@ -141,13 +142,14 @@ class Registry:
     # -- push -----------------------------------------------------------------------
 
     def push(self, path: str, ref: RegistryRef, *, compress: str = "none",
-             progress: Progress | None = None) -> PushResult:
+             progress: Progress | None = None, sign_key: str | None = None) -> PushResult:
         """Publish a local GGUF as `ref`.
 
         Steps: parse the header (a file that is not a GGUF is refused before any upload),
         hash the file and each chunk (compressing zstd frames when asked), upload the
         blob unless an object of the same digest and size is already there (identical
-        bytes under two names are stored once), then write the manifest last.
+        bytes under two names are stored once), then write the manifest last (signed
+        with `sign_key`, base64 Ed25519, when given).
         """
         header = read_header_file(path)
         summary = header_summary(header)
@@ -159,6 +161,8 @@ class Registry:
             chunk_size=self.chunk_size, chunks=digests.chunks, gguf=summary,
             compression=compress, frame_offsets=digests.frame_offsets, blob=digests.blob,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if sign_key is not None:
+            manifest = signing.sign(manifest, sign_key)
         blob_url = self.url(manifest.blob_key)
         try:
             stored_size = os.path.getsize(digests.stored_path)
@@ -198,7 +202,9 @@ class Registry:
             raise ModelNotFound(f"model {ref} not found in registry {self.root} "
                                 f"(no {ref.manifest_key}; publish it with "
                                 f"`strato push FILE {ref}`)", param="model") from None
-        return loads(raw, source=url)
+        manifest = loads(raw, source=url)
+        signing.verify(manifest)
+        return manifest
 
     def by_digest(self, ref: DigestRef) -> Manifest | None:
         """A manifest of `ref.name` whose digest is `ref.digest`, if any tag has it."""

@@ -80,4 +80,11 @@ _asgi = Mangum(app, lifespan="off")
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway REST (v1), HTTP API (v2), Function URL and ALB events."""
-    return _asgi(event, context)
+    response = _asgi(event, context)
+    # One access line per invocation; Logger adds function_request_id to it.
+    logger.info("request", extra={
+        "path": event.get("rawPath") or event.get("path"),
+        "method": event.get("httpMethod") or event.get("requestContext", {})
+        .get("http", {}).get("method"),
+        "status": response.get("statusCode")})
+    return response

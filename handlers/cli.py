@@ -131,13 +131,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     """Models held in the local tiers (what would load without a download)."""
     if getattr(args, "remote", False):
         return cmd_list_remote(args, settings)
-    from handlers.http import build_service
-
-    service = build_service(settings)
-    try:
-        rows = local_models(service.cache_report())
-    finally:
-        asyncio.run(service.close())
+    rows = local_models(_local_cache(settings))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -272,6 +266,8 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME:TAG", help="what to publish it as")
     p.add_argument("--compress", choices=("none", "zstd"), default="none",
                    help="store one zstd frame per chunk (default none)")
+    p.add_argument("--sign-key", dest="sign_key", metavar="FILE",
+                   help="sign the manifest with this Ed25519 key (base64 of 32 raw bytes)")
     _registry_flag(p)
 
 
@@ -281,9 +277,14 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     from core.resolver import Resolver
 
     registry = Resolver(settings).registry
+    key = None
+    if args.sign_key:
+        with open(args.sign_key) as f:
+            key = f.read().strip()
     bar = ProgressBar(f"push {args.name}")
     result = registry.push(args.file, parse_name_tag(args.name), compress=args.compress,
-                           progress=lambda phase, done, total: bar(done, total, phase))
+                           progress=lambda phase, done, total: bar(done, total, phase),
+                           sign_key=key)
     bar.close()
     m = result.manifest
     print(f"{m.name}:{m.tag} {m.digest} {human_size(m.size)} "

@@ -110,7 +110,7 @@ class Server:
 
 def settings_for(model: str | Path, **overrides: Any) -> Settings:
     # Small context and few slots: two CPU cores are shared with the rest of the suite.
-    base = Settings(model=str(model), ctx=1024, parallel=4, max_queue=2,
+    base = Settings(model=str(model), ctx=1024, parallel=4, max_queue=16,
                     max_body=64 << 10, max_tokens_limit=2048, api_key=API_KEY, threads=2)
     return dataclasses.replace(base, **overrides)
 

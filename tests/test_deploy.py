@@ -7,8 +7,9 @@ imported from those build outputs alone (`python -S`: no site-packages, no edita
 install), answers the `sam local generate-event` events in events/ for GET /v1/models
 and a chat completion with the real Gemma model.
 
-Not run here: `sam build --use-container` and the Docker builds (no container engine on
-these machines); the deploy itself (no AWS account). See docs/deploy.md.
+`sam build` and `sam package` themselves run in tests/test_sam_build.py. Not run here:
+`sam build --use-container` and the Docker builds (no container engine on these
+machines); the deploy itself (no AWS account). See docs/deploy.md.
 """
 
 from __future__ import annotations

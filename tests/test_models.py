@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core import metrics
 from core.config import Settings
 from core.errors import InvalidReference, ModelNotFound, ModelUnavailable, status_of
 from core.generation import GenerationRequest, SamplingParams
@@ -20,7 +21,7 @@ from core.models import ModelManager
 from core.references import parse_name_tag
 from core.registry import Registry
 from core.residency import Resident, to_unload
-from tiers.errors import IntegrityError
+from tiers.errors import IntegrityError, SourceUnavailable
 
 GREEDY = SamplingParams(temperature=0.0, seed=1)
 
@@ -89,6 +90,10 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             assert [e["size"] for e in by_name["disk"]["entries"]] == \
                 [gemma_path.stat().st_size]
             assert first.default_model is None and first.ready()  # a registry: no default
+            text = metrics.render().decode()
+            assert 'strato_tier_misses_total{tier="ram"}' in text
+            assert 'strato_load_seconds_count{tier="remote"}' in text
+            assert f'strato_tier_bytes_total{{tier="disk:{tmp_path / "disk"}"}}' in text
         finally:
             await first.close()
         # A new process on the same disk directory: a disk hit, the blobs are not read
@@ -339,5 +344,35 @@ def test_the_likely_next_model_is_prefetched_with_history_from_disk(tmp_path, pu
             assert "other:v1" not in manager._entries      # bytes only, no engine
         finally:
             await manager.close()
+
+    asyncio.run(main())
+
+
+def test_registry_down_serves_the_copy_already_in_a_disk_tier(tmp_path, pushed, http_root):
+    from tests.services import free_port
+
+    (http_root.directory / "registry").symlink_to(pushed)
+    up = settings(tmp_path, registry=f"{http_root.url}/registry")
+    dead = dataclasses.replace(up, registry=f"http://127.0.0.1:{free_port()}/registry")
+
+    async def main():
+        cold = ModelManager(dead)
+        try:
+            with pytest.raises(SourceUnavailable) as info:   # nothing cached: a clear 503
+                await cold.engine("gemma3:270m")
+            assert status_of(info.value)[0] == 503
+        finally:
+            await cold.close()
+        first = ModelManager(up)
+        try:
+            await first.engine("gemma3:270m")
+        finally:
+            await first.close()
+        second = ModelManager(dead)                   # new process, registry unreachable
+        try:
+            assert await first_tokens(await second.engine("gemma3:270m"))
+            assert second.cache_report()["loaded"][0]["source"].startswith("disk:")
+        finally:
+            await second.close()
 
     asyncio.run(main())

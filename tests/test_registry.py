@@ -224,3 +224,31 @@ def test_inspect_reads_only_the_header_of_a_registry_model(tmp_path, tiny, compr
     assert size == tiny.stat().st_size
     assert (header.architecture, header.block_count, header.data_offset, header.tensors) == \
         (local.architecture, local.block_count, local.data_offset, local.tensors)
+
+
+def test_signed_push_verifies_and_a_tampered_manifest_is_refused(registry, tiny, tmp_path,
+                                                                  capsys):
+    from core import signing
+    from core.manifest import InvalidManifest
+    from handlers import cli
+
+    private, public = signing.generate_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(private)
+    assert cli.main(["push", str(tiny), "tiny:signed", "--registry", registry.root,
+                     "--sign-key", str(key_file)]) == 0, capsys.readouterr().err
+    m = registry.manifest(RegistryRef("tiny", "signed"))
+    assert m.signature is not None and m.signature.public_key == public
+    assert signing.verify(m, trusted=[public])
+    _, other = signing.generate_key()
+    with pytest.raises(InvalidManifest, match="untrusted"):
+        signing.verify(m, trusted=[other])
+    # Change one field after signing: every read refuses it.
+    path = os.path.join(registry.root, "manifests/tiny/signed.json")
+    doc = json.loads(open(path).read())
+    doc["tag"] = "other"
+    open(path, "w").write(json.dumps(doc))
+    with pytest.raises(InvalidManifest, match="does not verify"):
+        registry.manifest(RegistryRef("tiny", "signed"))
+    unsigned = registry.push(str(tiny), parse_name_tag("tiny:plain")).manifest
+    assert not signing.verify(unsigned)
