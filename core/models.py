@@ -196,7 +196,9 @@ class ModelManager:
                 header = await asyncio.to_thread(read_header_file, path)
                 n_layers = header.block_count or 0
             try:
-                need = footprint(size, self.settings.ctx, n_layers)
+                in_ram = handle is not None and any(
+                    t.name == handle.tier and t.kind == "ram" for t in self.loader.tiers)
+                need = footprint(size, self.settings.ctx, n_layers, in_ram_tier=in_ram)
                 await self._make_room(key, need)
                 engine = await asyncio.to_thread(self._load_engine, key, path, source, handle)
             except BaseException:

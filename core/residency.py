@@ -26,18 +26,22 @@ OVERHEAD = 96 << 20                   # compute buffers, scheduler, tokenizer ta
 @dataclass(frozen=True)
 class Resident:
     key: str
-    footprint: int      # bytes of RAM the engine holds beyond the shared model file
+    footprint: int      # bytes the engine adds beyond what the RAM tier holds
     last_used: float
     busy: bool
 
 
-def footprint(model_bytes: int, n_ctx: int, n_layers: int) -> int:
-    """Estimated resident bytes of one engine: weights + KV cache + fixed overhead.
+def footprint(model_bytes: int, n_ctx: int, n_layers: int, *, in_ram_tier: bool) -> int:
+    """Estimated bytes one engine adds to the process: KV cache, buffers, and weights.
 
-    The weights are counted in full even though a RAM-tier memfd shares them with the
-    tier: when the memory is tight the tier can be evicted, the mapping cannot.
+    llama.cpp maps the weights from the file it is given. A model served from the RAM
+    tier maps the tier's memfd, so its weights are already counted in the tier's
+    capacity and add nothing here (which is what lets two models in RAM both stay
+    loaded). Weights mapped from a disk or local file become page cache: counted, so
+    several large models do not thrash it.
     """
-    return model_bytes + n_ctx * max(n_layers, 1) * KV_BYTES_PER_TOKEN_PER_LAYER + OVERHEAD
+    kv = n_ctx * max(n_layers, 1) * KV_BYTES_PER_TOKEN_PER_LAYER
+    return (0 if in_ram_tier else model_bytes) + kv + OVERHEAD
 
 
 def to_unload(resident: Sequence[Resident], need: int, budget: int) -> list[str] | None:

@@ -92,7 +92,8 @@ def test_real_gemma_has_no_template_and_gets_the_gemma_fallback(gemma_path) -> N
     from core.config import Settings
     from core.engine import LlamaEngine
 
-    engine = LlamaEngine.load(str(gemma_path), name="gemma", settings=Settings(threads=1, ctx=256, parallel=1))
+    engine = LlamaEngine.load(str(gemma_path), name="gemma",
+                              settings=Settings(threads=1, ctx=256, parallel=1))
     try:
         assert engine.info.chat_template is None
         assert engine.info.architecture == "gemma3"

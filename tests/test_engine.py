@@ -20,7 +20,8 @@ STORY = "Once upon a time, in a small village by the sea, there lived"
 
 @pytest.fixture(scope="module")
 def engine(gemma_path):
-    eng = LlamaEngine.load(str(gemma_path), name="gemma", settings=Settings(threads=1, ctx=1024, parallel=2))
+    eng = LlamaEngine.load(str(gemma_path), name="gemma",
+                           settings=Settings(threads=1, ctx=1024, parallel=2))
     yield eng
     eng.close()
 
@@ -103,7 +104,8 @@ def test_repeat_penalty_changes_greedy_output(engine) -> None:
 
 
 def test_multibyte_text_is_never_split(engine) -> None:
-    prompt = engine.render_chat([{"role": "user", "content": "「こんにちは」を日本語で三回書いて。"}])
+    ask = "「こんにちは」を日本語で三回書いて。"
+    prompt = engine.render_chat([{"role": "user", "content": ask}])
     events = run(engine, prompt, max_tokens=40)
     text = text_of(events)
     assert any(ord(c) > 0x3000 for c in text), text
@@ -161,20 +163,23 @@ def test_queue_full_is_refused_with_retry_after(gemma_path) -> None:
 
 
 def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
-    async def go() -> None:
+    async def go() -> int:
         agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=500))
         await agen.__anext__()
         await agen.__anext__()
-        await agen.aclose()
-        for _ in range(200):
+        running = [s for s in engine.scheduler._slots if s.owner is not None]
+        assert len(running) == 1 and len(running[0].cached) > 0
+        await agen.aclose()  # what a client disconnect does to the handler's generator
+        for _ in range(500):
             if engine.scheduler.running() == 0:
                 break
             await asyncio.sleep(0.01)
+        return running[0].id
 
-    asyncio.run(go())
+    slot = asyncio.run(go())
     assert engine.scheduler.running() == 0
-    slots = engine.scheduler._slots
-    assert all(s.owner is None for s in slots)
+    assert engine.scheduler._slots[slot].owner is None
+    assert engine.scheduler._slots[slot].cached == []  # its KV cells were removed
 
 
 def test_embeddings_are_normalised_and_distinct(engine) -> None:

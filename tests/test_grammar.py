@@ -70,8 +70,8 @@ async def _complete(engine, prompt: str, grammar: str | None, **sampling) -> tup
 
 
 def test_json_schema_output_parses_and_validates(engine) -> None:
-    prompt = engine.render_chat([{"role": "user",
-                                  "content": "Describe Paris as JSON with city, population, capital."}])
+    ask = "Describe Paris as JSON with city, population, capital."
+    prompt = engine.render_chat([{"role": "user", "content": ask}])
     grammar = from_response_format({"type": "json_schema", "json_schema": {"schema": SCHEMA}})
     for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 7}):
         text, finish = asyncio.run(_complete(engine, prompt, grammar, **sampling))

@@ -20,7 +20,7 @@ from core.generation import GenerationRequest, SamplingParams
 from core.models import ModelManager
 from core.references import parse_name_tag
 from core.registry import Registry
-from core.residency import Resident, to_unload
+from core.residency import Resident, footprint, to_unload
 from tiers.errors import IntegrityError, SourceUnavailable
 
 GREEDY = SamplingParams(temperature=0.0, seed=1)
@@ -71,6 +71,9 @@ def test_unload_decisions_are_lru_and_spare_busy_models():
     assert to_unload(rs, 250, 400) == ["a", "b"]
     assert to_unload(rs, 350, 400) is None           # only busy "c" would be left to go
     assert to_unload([], 10_000, 1) == []            # the only model is always tried
+    # Weights in the RAM tier are the tier's bytes: an engine over them adds KV only.
+    assert footprint(10 << 30, 256, 18, in_ram_tier=True) < \
+        footprint(10 << 30, 256, 18, in_ram_tier=False) - (10 << 30) + (1 << 20)
 
 
 def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path):
@@ -374,5 +377,22 @@ def test_registry_down_serves_the_copy_already_in_a_disk_tier(tmp_path, pushed, 
             assert second.cache_report()["loaded"][0]["source"].startswith("disk:")
         finally:
             await second.close()
+
+    asyncio.run(main())
+
+
+def test_two_models_in_the_ram_tier_stay_loaded_together(tmp_path, pushed):
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), tiers="ram:1GiB"),
+                               budget=2 << 30)
+        try:
+            a = await manager.engine("gemma3:270m")
+            b = await manager.engine("other:v1")
+            assert sorted(e["model"] for e in manager.cache_report()["loaded"]) == \
+                ["gemma3:270m", "other:v1"]
+            again = await manager.engine("gemma3:270m")    # a switch, not a reload
+            assert again._engine is a._engine and await first_tokens(b)
+        finally:
+            await manager.close()
 
     asyncio.run(main())

@@ -224,7 +224,8 @@ def test_shared_prefix_reuses_cells_and_keeps_output(engine, gemma_path) -> None
     assert second.seq.reused_tokens >= shared - 1
     assert metrics.prefix_cache_hits_total._value.get() - before >= shared - 1
 
-    fresh = LlamaEngine.load(str(gemma_path), name="fresh", settings=Settings(threads=1, ctx=1024, parallel=1))
+    fresh = LlamaEngine.load(str(gemma_path), name="fresh",
+                             settings=Settings(threads=1, ctx=1024, parallel=1))
     try:
         async def alone():
             return (await collect(fresh.submit(greedy(ask[1], 12))))[0]
