@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from core import metrics, responses, schemas
 from core.config import Settings, from_env
-from core.errors import BadRequest, ModelUnavailable, StratoError
+from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
 from core.generation import Engine, GenerationRequest, TokenEvent
 from core.service import ModelService
 from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
@@ -123,8 +123,10 @@ class Api:
             # Admission (queue full, context overflow) happens before the first event:
             # waiting for it here turns those into real HTTP statuses, not a broken 200.
             first = await unless_disconnected(request, gen.__anext__())
-        except BaseException:
+        except BaseException as exc:
             await gen.aclose()
+            if isinstance(exc, ContextOverflow) and kind == "text":
+                exc.param = "prompt"  # the engine cannot know which field held the text
             raise
         ttft = time.perf_counter() - arrived
         if decoding.stream:

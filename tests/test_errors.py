@@ -94,8 +94,9 @@ def test_prompt_longer_than_context(server: Server, model: str) -> None:
         client.chat.completions.create(model=model, max_tokens=4,
                                        messages=[{"role": "user", "content": long}])
     assert info.value.code == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError):  # streamed: refused before any 200
+    with pytest.raises(openai.BadRequestError) as info:  # streamed: refused before a 200
         client.completions.create(model=model, prompt=long, max_tokens=4, stream=True)
+    assert info.value.param == "prompt"
     still_serving(server, model)
 
 

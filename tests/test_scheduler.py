@@ -115,12 +115,13 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_eight(engine, gemma_pat
 
     solo = [asyncio.run(alone(p)) for p in PROMPTS]
     together = asyncio.run(batch())
-    for a, b in zip(solo, together):
+    for prompt, a, b in zip(PROMPTS, solo, together):
         if a == b:
             continue
         at = common_prefix(a, b)
         margin = _margin(gemma_path, a, at)
-        message = (f"token {at} differs alone vs batched ({a[at]} vs {b[at]}); "
+        message = (f"position {at} (prompt + {at - len(engine.tokenize(prompt))} generated) "
+                   f"differs alone vs batched (token {a[at]} vs {b[at]}); "
                    f"top-2 logits margin alone = {margin:.4f}")
         if margin > NEAR_TIE:
             pytest.fail(message)
