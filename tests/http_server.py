@@ -2,15 +2,17 @@
 
 The server runs in a thread of the test process, so tests can also look at the engine's
 scheduler (to prove a disconnected stream was freed) and at core.metrics. The model
-service is core.models.ModelManager when it exists; until then `SingleModel` serves one
-LlamaEngine, which is also useful to test the app against the bare service contract.
+service is the real one, core.models.ModelManager.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,61 +21,14 @@ from typing import Any, Iterator
 import pytest
 
 from core.config import Settings
-from core.errors import ModelNotFound, ModelUnavailable
-from core.generation import Engine, ModelInfo
+from core.models import ModelManager
 from handlers.http import serve_app
 
 API_KEY = "test-key-123"
 
 
-class SingleModel:
-    """ModelService over one engine, loaded on first use (the contract, nothing more)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.default_model = settings.model
-        self._engine: Engine | None = None
-        self._error: BaseException | None = None
-        self._lock = asyncio.Lock()
-
-    async def engine(self, model: str | None) -> Engine:
-        if model not in (None, self.default_model) and not (
-                self._engine and model == self._engine.info.name):
-            raise ModelNotFound(f"model {model!r} is not served here", param="model")
-        async with self._lock:
-            if self._engine is None:
-                from core.engine import LlamaEngine
-
-                path = str(self.default_model)
-                try:
-                    self._engine = await asyncio.to_thread(
-                        LlamaEngine.load, path, name=Path(path).name, settings=self.settings)
-                except Exception as exc:
-                    raise ModelUnavailable(f"model failed to load: {exc}") from exc
-        return self._engine
-
-    def models(self) -> list[ModelInfo]:
-        return [self._engine.info] if self._engine else []
-
-    def ready(self) -> bool:
-        return self._engine is not None
-
-    async def prefetch(self, model: str) -> None:
-        asyncio.get_running_loop().create_task(self.engine(model))
-
-    def cache_report(self) -> dict[str, Any]:
-        return {"tiers": [], "models": [m.name for m in self.models()]}
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-
-
-def make_service(settings: Settings) -> Any:
-    try:
-        from core.models import ModelManager
-    except ImportError:
-        return SingleModel(settings)
+def make_service(settings: Settings) -> ModelManager:
+    """The production model service: references, tiers, loader, engines."""
     return ModelManager(settings)
 
 
@@ -110,8 +65,13 @@ class Server:
 
 def settings_for(model: str | Path, **overrides: Any) -> Settings:
     # Small context and few slots: two CPU cores are shared with the rest of the suite.
+    # Tiers in a private temporary directory: tests never touch the user's cache.
+    cache = tempfile.mkdtemp(prefix="strato-http-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    tiers = f"ram:1GiB,disk:{cache}:2GiB"
     base = Settings(model=str(model), ctx=1024, parallel=4, max_queue=16,
-                    max_body=64 << 10, max_tokens_limit=2048, api_key=API_KEY, threads=2)
+                    max_body=64 << 10, max_tokens_limit=2048, api_key=API_KEY, threads=2,
+                    tiers=tiers)
     return dataclasses.replace(base, **overrides)
 
 

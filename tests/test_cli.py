@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +24,10 @@ from handlers.cli import COMMANDS, build_parser, settings_from
 http = httpx.Client(timeout=300)
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {"STRATO_CTX": "512", "STRATO_PARALLEL": "2", "STRATO_THREADS": "2"}
+_CACHE = tempfile.mkdtemp(prefix="strato-cli-")  # tiers of these tests, not the user's
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+SMALL = {"STRATO_CTX": "512", "STRATO_PARALLEL": "2", "STRATO_THREADS": "2",
+         "STRATO_TIERS": f"ram:1GiB,disk:{_CACHE}:2GiB"}
 
 
 def strato(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,

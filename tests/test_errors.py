@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -193,6 +194,38 @@ def test_queue_full_answers_429_with_retry_after(busy_server: Server) -> None:
     for _, _, text in served:
         assert text.rstrip().endswith("data: [DONE]")
     model = http.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["id"]
+    still_serving(server, model)
+
+
+def test_disconnect_while_queued_never_runs(busy_server: Server) -> None:
+    """A request that leaves while waiting for a slot is dropped from the queue at the
+    next step: the running stream keeps going, and the queued one never produces."""
+    server = busy_server
+    model = http.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["id"]
+    engine = asyncio.run_coroutine_threadsafe(server.service.engine(model),
+                                              server.loop).result(60)
+    scheduler = getattr(engine, "_engine", engine).scheduler
+    # A prompt the model keeps continuing (no early end of text), greedy.
+    long = {"model": model, "max_tokens": 120, "stream": True, "temperature": 0,
+            "prompt": "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"}
+    with http.stream("POST", f"{server.url}/v1/completions", json=long,
+                     headers=AUTH) as running:
+        lines = running.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        payload = json.dumps({**CHAT, "model": model, "max_tokens": 50}).encode()
+        queued = socket.create_connection(("127.0.0.1", server.port))
+        queued.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                       b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: "
+                       + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        assert wait_until(lambda: scheduler.queue_depth() == 1)
+        queued.close()
+        assert wait_until(lambda: scheduler.queue_depth() == 0)
+        assert scheduler.running() == 1  # the first stream was never disturbed
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in rest[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     still_serving(server, model)
 
 

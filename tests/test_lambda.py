@@ -29,7 +29,8 @@ STREAM_BODY = json.dumps({"messages": [{"role": "user", "content": "Count to fiv
 
 @pytest.fixture(scope="module")
 def sandbox(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("lambda") / "results.json"
+    work = tmp_path_factory.mktemp("lambda")
+    out = work / "results.json"
     args = []
     for kind in KINDS:
         args += [str(EVENTS / f"{kind}-models.json"), str(EVENTS / f"{kind}-chat.json")]
@@ -39,7 +40,8 @@ def sandbox(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
            "STRATO_PARALLEL": "2", "STRATO_THREADS": "2",
            "AWS_LAMBDA_FUNCTION_NAME": "strato-test", "POWERTOOLS_SERVICE_NAME": "strato",
            "POWERTOOLS_METRICS_NAMESPACE": "", "POWERTOOLS_TRACE_DISABLED": "",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_DEFAULT_REGION": "us-east-1",
+           "STRATO_TIERS": f"ram:1GiB,disk:{work / 'tiers'}:2GiB"}
     env = {k: v for k, v in env.items() if v != ""}
     proc = subprocess.run([sys.executable, "-m", "tests.lambda_driver", str(out), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
