@@ -162,6 +162,7 @@ def busy_server(gemma_path: Path) -> Iterator[Server]:
     settings = settings_for(gemma_path, parallel=1, max_queue=1, ctx=512)
     srv = Server(settings, make_service(settings))
     try:
+        assert wait_until(lambda: http.get(f"{srv.url}/ready").status_code == 200, 300)
         yield srv
     finally:
         srv.stop()
