@@ -126,7 +126,10 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise ModelUnavailable("the model is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            # Requests that the next step will admit into free slots are not "waiting":
+            # a burst of N <= free slots must never be refused.
+            free = sum(1 for s in self._slots if s.owner is None)
+            if len(self._waiting) - free >= self.max_queue:
                 raise QueueFull(
                     f"server busy: {len(self._waiting)} requests already waiting",
                     retry_after=retry_after_seconds(len(self._waiting), len(self._slots),

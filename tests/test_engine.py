@@ -162,6 +162,24 @@ def test_queue_full_is_refused_with_retry_after(gemma_path) -> None:
         eng.close()
 
 
+def test_a_burst_that_fits_the_free_slots_is_never_refused(gemma_path) -> None:
+    """max_queue counts requests beyond the free slots, not those the next step admits."""
+    eng = LlamaEngine.load(str(gemma_path), name="tiny-burst",
+                           settings=Settings(threads=1, ctx=512, parallel=4, max_queue=1))
+
+    async def go() -> list[int]:
+        streams = [eng.submit(GenerationRequest(prompt=STORY, max_tokens=3)) for _ in range(4)]
+        with pytest.raises(QueueFull):  # a fifth waits; a sixth is one too many
+            eng.submit(GenerationRequest(prompt=STORY, max_tokens=3))
+            eng.submit(GenerationRequest(prompt=STORY, max_tokens=3))
+        return [[ev async for ev in s][-1].completion_tokens for s in streams]
+
+    try:
+        assert asyncio.run(go()) == [3, 3, 3, 3]
+    finally:
+        eng.close()
+
+
 def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
     async def go() -> int:
         agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=500))
