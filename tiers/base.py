@@ -12,6 +12,7 @@ accepted on input and stripped, because that is how manifests and references spe
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -240,3 +241,29 @@ def describe(tiers: Sequence[Tier]) -> list[dict[str, Any]]:
         "entries": [{"digest": e.digest, "size": e.size, "last_access": e.last_access,
                      "pinned": e.pinned, "meta": dict(e.meta)} for e in t.entries()],
     } for t in tiers]
+
+
+class PinCounts:
+    """Reference counts of models in use, shared by every local tier.
+
+    Eviction asks `pinned()` under the tier's own lock; a model is pinned once per
+    loaded engine that reads from it, so two engines on one blob both keep it.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._counts: Counter[str] = Counter()
+
+    def pin(self, digest: str) -> None:
+        with self._lock:
+            self._counts[normalize_digest(digest)] += 1
+
+    def unpin(self, digest: str) -> None:
+        with self._lock:
+            d = normalize_digest(digest)
+            self._counts[d] -= 1
+            if self._counts[d] <= 0:
+                del self._counts[d]
+
+    def pinned(self, digest: str) -> bool:
+        return self._counts[normalize_digest(digest)] > 0

@@ -26,11 +26,10 @@ import json
 import os
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tiers.base import TierEntry, normalize_digest
+from tiers.base import PinCounts, TierEntry, normalize_digest
 from tiers.errors import DiskFull, TierFull
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -53,8 +52,8 @@ class DiskTier:
         self.capacity = capacity
         self.name = name or f"disk:{self.root}"
         self.on_evict: Callable[[str], None] | None = None
-        self._pins: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self._pins = PinCounts(self._lock)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -92,7 +91,7 @@ class DiskTier:
             except FileNotFoundError:
                 continue                   # evicted by another process meanwhile
             digest = blob.stem
-            out.append(TierEntry(digest, st.st_size, st.st_mtime, self._pins[digest] > 0,
+            out.append(TierEntry(digest, st.st_size, st.st_mtime, self._pins.pinned(digest),
                                  self.meta(digest)))
         return sorted(out, key=lambda e: e.last_access)
 
@@ -108,20 +107,15 @@ class DiskTier:
     # -- pins and eviction ---------------------------------------------------------------
 
     def pin(self, digest: str) -> None:
-        with self._lock:
-            self._pins[normalize_digest(digest)] += 1
+        self._pins.pin(digest)
 
     def unpin(self, digest: str) -> None:
-        with self._lock:
-            d = normalize_digest(digest)
-            self._pins[d] -= 1
-            if self._pins[d] <= 0:
-                del self._pins[d]
+        self._pins.unpin(digest)
 
     def evict(self, digest: str) -> bool:
         with self._lock:
             d = normalize_digest(digest)
-            if self._pins[d] > 0:
+            if self._pins.pinned(d):
                 return False
             try:
                 self._blob(d).unlink()

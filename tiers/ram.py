@@ -14,11 +14,10 @@ import fcntl
 import os
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from tiers.base import TierEntry, normalize_digest
+from tiers.base import PinCounts, TierEntry, normalize_digest
 from tiers.errors import TierFull
 
 _SEALS = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -42,8 +41,8 @@ class RamTier:
         self.on_evict: Callable[[str], None] | None = None
         self._blobs: dict[str, _Blob] = {}
         self._reserved = 0              # bytes promised to writers still in flight
-        self._pins: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self._pins = PinCounts(self._lock)
 
     def contains(self, digest: str) -> bool:
         return normalize_digest(digest) in self._blobs
@@ -63,7 +62,7 @@ class RamTier:
 
     def entries(self) -> list[TierEntry]:
         with self._lock:
-            return sorted((TierEntry(d, b.size, b.last_access, self._pins[d] > 0, dict(b.meta))
+            return sorted((TierEntry(d, b.size, b.last_access, self._pins.pinned(d), dict(b.meta))
                            for d, b in self._blobs.items()), key=lambda e: e.last_access)
 
     def usage(self) -> int:
@@ -71,20 +70,15 @@ class RamTier:
             return sum(b.size for b in self._blobs.values()) + self._reserved
 
     def pin(self, digest: str) -> None:
-        with self._lock:
-            self._pins[normalize_digest(digest)] += 1
+        self._pins.pin(digest)
 
     def unpin(self, digest: str) -> None:
-        with self._lock:
-            d = normalize_digest(digest)
-            self._pins[d] -= 1
-            if self._pins[d] <= 0:
-                del self._pins[d]
+        self._pins.unpin(digest)
 
     def evict(self, digest: str) -> bool:
         with self._lock:
             d = normalize_digest(digest)
-            if self._pins[d] > 0 or d not in self._blobs:
+            if self._pins.pinned(d) or d not in self._blobs:
                 return False
             os.close(self._blobs.pop(d).fd)
         if self.on_evict is not None:
