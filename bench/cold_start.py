@@ -112,6 +112,16 @@ async def first_token(manager, model: str) -> float:
     return time.monotonic() - start
 
 
+async def back_and_forth(manager) -> float:
+    """First-token time of returning to the default model after serving another one."""
+    try:
+        await first_token(manager, "gemma3:270m")
+        await first_token(manager, "other:v1")
+        return await first_token(manager, "gemma3:270m")
+    finally:
+        await manager.close()
+
+
 def variant(gemma: Path, dest: Path) -> Path:
     data = bytearray(gemma.read_bytes())
     at = data.index(b"general.name") + len(b"general.name") + 12
@@ -178,22 +188,11 @@ def main() -> int:
                     await first_token(manager, "gemma3:270m")
             finally:
                 await manager.close()
-            swapper = ModelManager(dataclasses.replace(settings, tiers="ram:2GiB"), budget=1)
-            try:
-                await first_token(swapper, "gemma3:270m")
-                await first_token(swapper, "other:v1")
-                results["swap (RAM tier, other model unloaded)"] = \
-                    await first_token(swapper, "gemma3:270m")
-            finally:
-                await swapper.close()
-            both = ModelManager(dataclasses.replace(settings, tiers="ram:2GiB"))
-            try:
-                await first_token(both, "gemma3:270m")
-                await first_token(both, "other:v1")
-                results["switch (RAM tier, both engines resident)"] = \
-                    await first_token(both, "gemma3:270m")
-            finally:
-                await both.close()
+            ram_only = dataclasses.replace(settings, tiers="ram:2GiB")
+            results["swap (RAM tier, other model unloaded)"] = \
+                await back_and_forth(ModelManager(ram_only, budget=1))
+            results["switch (RAM tier, both engines resident)"] = \
+                await back_and_forth(ModelManager(ram_only))
 
         asyncio.run(strato())
     finally:
