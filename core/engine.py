@@ -25,11 +25,12 @@ import llama_cpp as ll
 
 from core import chat
 from core.config import Settings
-from core.errors import BadRequest, ContextOverflow
+from core.errors import BadRequest, ContextOverflow, OutOfMemory
 from core.generation import GenerationRequest, ModelInfo, TokenEvent
 from core.sampling import SamplerChain, validate
 from core.scheduler import Scheduler, Sequence
 from tiers.errors import CorruptModel, ObjectNotFound
+from tiers.vram import is_oom
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,39 @@ _LLAMA_LOG = logging.getLogger("strato.llama_cpp")
 _GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 
 
+_recent = threading.local()   # this thread's llama.cpp warnings/errors during a load
+
+
 @ll.llama_log_callback
 def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """llama.cpp logs -> Python logging. Only warnings and errors are worth a line by
-    default: a load prints hundreds of INFO lines that would drown the JSON logs."""
+    default: a load prints hundreds of INFO lines that would drown the JSON logs.
+
+    llama.cpp logs on the calling thread, and a failed load returns only NULL: the
+    warnings and errors of the current load are kept per thread so the exception can
+    say *why* (bad magic, truncated tensor, device out of memory)."""
     lvl = _GGML_LEVELS.get(level, logging.DEBUG)
-    if lvl >= logging.WARNING and _LLAMA_LOG.isEnabledFor(lvl):
-        _LLAMA_LOG.log(lvl, text.decode("utf-8", errors="replace").rstrip())
+    if lvl >= logging.WARNING:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        lines = getattr(_recent, "lines", None)
+        if lines is not None and line:
+            lines.append(line)
+            del lines[:-20]
+        if _LLAMA_LOG.isEnabledFor(lvl):
+            _LLAMA_LOG.log(lvl, line)
+
+
+def load_failure(what: str, reasons: Seq[str]) -> Exception:
+    """The typed error for a NULL from llama.cpp, given the warnings/errors it logged.
+
+    Device or host memory exhaustion is OutOfMemory (the model manager then tries fewer
+    GPU layers and smaller variants); anything else is a model llama.cpp cannot use.
+    """
+    detail = "; ".join(reasons[-3:])
+    if any(is_oom(r) for r in reasons):
+        return OutOfMemory(f"{what}: out of memory ({detail})")
+    return CorruptModel(f"{what}: not a valid GGUF, truncated, or an unsupported "
+                        f"architecture" + (f" ({detail})" if detail else ""))
 
 
 def _init_backend() -> None:
@@ -135,30 +162,35 @@ class LlamaEngine:
              n_gpu_layers: int = 0) -> "LlamaEngine":
         """Load a GGUF (a file or /proc/self/fd/N) and start its scheduler. Blocking.
 
-        Raises ObjectNotFound when the path does not exist and CorruptModel when
-        llama.cpp cannot load the bytes (bad magic, truncated tensors, unknown arch).
+        Raises ObjectNotFound when the path does not exist, OutOfMemory when llama.cpp
+        logged an allocation failure, and CorruptModel when it cannot load the bytes
+        (bad magic, truncated tensors, unknown arch): both name llama.cpp's reason.
         """
         if not os.path.exists(path):
             raise ObjectNotFound(f"model file not found: {path}")
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        model = ll.llama_model_load_from_file(path.encode(), mparams)
-        if not model:
-            raise CorruptModel(f"llama.cpp could not load {path} ({os.path.getsize(path)} "
-                               f"bytes): not a valid GGUF, truncated, or an unsupported "
-                               f"architecture")
+        _recent.lines = []
         try:
-            n_ctx_train = ll.llama_model_n_ctx_train(model)
-            n_ctx = min(settings.ctx, n_ctx_train) if n_ctx_train > 0 else settings.ctx
-            cparams = _generation_params(settings, n_ctx)
-            ctx = ll.llama_init_from_model(model, cparams)
-            if not ctx:
-                raise CorruptModel(f"llama.cpp could not create a context for {path} "
-                                   f"(n_ctx={n_ctx}, parallel={settings.parallel})")
-        except BaseException:
-            ll.llama_model_free(model)
-            raise
+            model = ll.llama_model_load_from_file(path.encode(), mparams)
+            if not model:
+                raise load_failure(f"llama.cpp could not load {path} "
+                                   f"({os.path.getsize(path)} bytes)", _recent.lines)
+            try:
+                n_ctx_train = ll.llama_model_n_ctx_train(model)
+                n_ctx = min(settings.ctx, n_ctx_train) if n_ctx_train > 0 else settings.ctx
+                cparams = _generation_params(settings, n_ctx)
+                ctx = ll.llama_init_from_model(model, cparams)
+                if not ctx:
+                    raise load_failure(f"llama.cpp could not create a context for {path} "
+                                       f"(n_ctx={n_ctx}, parallel={settings.parallel})",
+                                       _recent.lines)
+            except BaseException:
+                ll.llama_model_free(model)
+                raise
+        finally:
+            _recent.lines = None
         vocab = ll.llama_model_get_vocab(model)
         template = ll.llama_model_chat_template(model, None)
         desc = ctypes.create_string_buffer(256)

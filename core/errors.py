@@ -63,6 +63,15 @@ class ModelUnavailable(StratoError):
     status, type, code = 503, "server_error", "model_unavailable"
 
 
+class OutOfMemory(ModelUnavailable):
+    """llama.cpp could not allocate the model or its context (device or host memory).
+
+    The model manager answers it with fewer GPU layers, then smaller variants; only
+    when every one of those fails does a client see it."""
+
+    code = "out_of_memory"
+
+
 _STORAGE_STATUS: dict[type[storage.StorageError], tuple[int, str]] = {
     storage.ObjectNotFound: (404, "model_not_found"),
     storage.SourceUnavailable: (503, "source_unavailable"),

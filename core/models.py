@@ -26,7 +26,7 @@ from typing import Any
 
 from core import metrics
 from core.config import Settings
-from core.errors import ModelUnavailable, StratoError
+from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.generation import Engine, ModelInfo
 from core.promotion import Promoter
 from core.references import DigestRef, Reference, RegistryRef
@@ -114,6 +114,7 @@ class ModelManager:
                                                     "capacity": self.vram.capacity},
             "loaded": [{"model": e.key, "digest": e.digest, "source": e.source,
                         "tier": e.handle.tier if e.handle else "file",
+                        "variant": e.variant,
                         "size": e.engine.info.size_bytes, "load_seconds": round(e.seconds, 3),
                         "active": e.active, "footprint": e.footprint}
                        for e in self._entries.values()],
@@ -182,41 +183,76 @@ class ModelManager:
                 raise ModelUnavailable("the server is shutting down")
             start = time.monotonic()
             source = await asyncio.to_thread(self._resolve, ref)
-            handle = None
-            if source.plan is not None:
-                handle = await asyncio.to_thread(
-                    self.loader.load, source.plan,
-                    on_header=lambda h: self._header(key, h),
-                    on_progress=lambda p: self._on_progress(key, p))
-                path, tier, size = handle.path, handle.source, handle.size
-                n_layers = handle.header.block_count or 0
-            else:
-                assert source.path is not None
-                path, tier, size = source.path, "file", os.path.getsize(source.path)
-                header = await asyncio.to_thread(read_header_file, path)
-                n_layers = header.block_count or 0
             try:
-                in_ram = handle is not None and any(
-                    t.name == handle.tier and t.kind == "ram" for t in self.loader.tiers)
-                need = footprint(size, self.settings.ctx, n_layers, in_ram_tier=in_ram)
-                await self._make_room(key, need)
-                engine = await asyncio.to_thread(self._load_engine, key, path, source, handle)
-            except BaseException:
-                if handle is not None:
-                    handle.release()
-                raise
+                entry = await self._load_source(key, source)
+            except OutOfMemory as exc:
+                entry = await self._load_smaller_variant(key, source, exc)
             if self._closed:
-                engine.close()
-                if handle is not None:
-                    handle.release()
+                entry.engine.close()
+                if entry.handle is not None:
+                    entry.handle.release()
                 raise ModelUnavailable("the server is shutting down")
-            seconds = time.monotonic() - start
-            metrics.load_seconds.labels(tier=tier).observe(seconds)
-            entry = Loaded(key, engine, handle, handle.digest if handle else None, tier,
-                           seconds, need)
+            entry.seconds = time.monotonic() - start
+            metrics.load_seconds.labels(tier=entry.source).observe(entry.seconds)
             self._entries[key] = entry
-            log.info("serving %s (%d bytes from %s) after %.2fs", key, size, tier, seconds)
+            log.info("serving %s (%d bytes from %s) after %.2fs", key,
+                     entry.engine.info.size_bytes, entry.source, entry.seconds)
             return entry
+
+    async def _load_source(self, key: str, source: Source) -> Loaded:
+        """Bytes through the tiers (or a local file in place), room in memory, then the
+        engine with its GPU-layer fallbacks. The tier handle is released on failure."""
+        handle = None
+        if source.plan is not None:
+            handle = await asyncio.to_thread(
+                self.loader.load, source.plan,
+                on_header=lambda h: self._header(key, h),
+                on_progress=lambda p: self._on_progress(key, p))
+            path, tier, size = handle.path, handle.source, handle.size
+            n_layers = handle.header.block_count or 0
+        else:
+            assert source.path is not None
+            path, tier, size = source.path, "file", os.path.getsize(source.path)
+            header = await asyncio.to_thread(read_header_file, path)
+            n_layers = header.block_count or 0
+        try:
+            in_ram = handle is not None and any(
+                t.name == handle.tier and t.kind == "ram" for t in self.loader.tiers)
+            need = footprint(size, self.settings.ctx, n_layers, in_ram_tier=in_ram)
+            await self._make_room(key, need)
+            engine = await asyncio.to_thread(self._load_engine, key, path, source, handle)
+        except BaseException:
+            if handle is not None:
+                handle.release()
+            raise
+        return Loaded(key, engine, handle, handle.digest if handle else None, tier, 0.0,
+                      need)
+
+    async def _load_smaller_variant(self, key: str, source: Source,
+                                    exc: OutOfMemory) -> Loaded:
+        """After `source` ran out of memory at every GPU-layer count: each smaller
+        variant its manifest lists, largest first, pinned by digest; the first that
+        loads serves `key` (logged, and named in /v1/cache). None left: the OOM."""
+        variants = [v for v in source.manifest.variants
+                    if v.size < source.manifest.size] if source.manifest else []
+        tried = [key]
+        for variant in variants:
+            ref = (DigestRef(source.manifest.name, variant.digest.split(":", 1)[1])
+                   if variant.digest else RegistryRef(source.manifest.name, variant.tag))
+            log.warning("%s does not fit in memory (%s); trying its smaller variant %s",
+                        tried[-1], exc, variant.tag)
+            tried.append(f"{source.manifest.name}:{variant.tag}")
+            try:
+                smaller = await asyncio.to_thread(self._resolve, ref)
+                entry = await self._load_source(key, smaller)
+            except OutOfMemory as again:
+                exc = again
+                continue
+            entry.variant = variant.tag
+            return entry
+        if len(tried) == 1:
+            raise exc
+        raise OutOfMemory(f"none of {', '.join(tried)} fits in memory; last: {exc}") from exc
 
     def _resolve(self, ref: Reference) -> Source:
         """Resolve, preferring what the local tiers already hold (no registry read)."""
@@ -248,8 +284,9 @@ class ModelManager:
 
     def _load_engine(self, key: str, path: str, source: Source,
                      handle: ModelHandle | None) -> Any:
-        """LlamaEngine.load with the planned GPU layers; on a GPU, a failed load is
-        retried with fewer layers (tiers.vram.oom_attempts) before giving up.
+        """LlamaEngine.load with the planned GPU layers; on a GPU, a load that runs out
+        of memory is retried with fewer layers (tiers.vram.oom_attempts) before giving
+        up. Any other failure (a corrupt file) is final: fewer layers would not help.
 
         Failures that are not typed already become ModelUnavailable (503), so a
         model llama.cpp cannot load never turns into a 500.
@@ -259,11 +296,13 @@ class ModelManager:
             try:
                 return _engine_class().load(path, name=key, settings=self.settings,
                                             n_gpu_layers=n_gpu_layers)
-            except (StratoError, StorageError) as exc:
+            except OutOfMemory as exc:
                 if i + 1 == len(attempts):
                     raise
-                log.warning("loading %s with %d GPU layers failed (%s); retrying with %d",
-                            key, n_gpu_layers, exc, attempts[i + 1])
+                log.warning("loading %s with %d GPU layers ran out of memory (%s); "
+                            "retrying with %d", key, n_gpu_layers, exc, attempts[i + 1])
+            except (StratoError, StorageError):
+                raise
             except Exception as exc:  # noqa: BLE001 - typed for the client below
                 raise ModelUnavailable(f"could not load {key}: {exc}") from exc
         raise AssertionError("unreachable: at least one attempt is made")
@@ -283,8 +322,7 @@ class ModelManager:
         else:
             return [0]
         first = self.vram.place(layer_bytes, other)
-        return [a.n_gpu_layers for a in oom_attempts(first, len(layer_bytes))
-                if a.variant is None]
+        return oom_attempts(first, len(layer_bytes))
 
     def _header(self, key: str, header: GGUFHeader) -> None:
         """Runs on the loader thread: /v1/models can describe the model from here on."""

@@ -18,12 +18,12 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from core import signing
-from core.errors import ModelNotFound
-from core.manifest import Manifest, header_summary, loads
+from core.errors import BadRequest, ModelNotFound
+from core.manifest import Manifest, Variant, header_summary, loads
 from core.references import DigestRef, RegistryRef
 from tiers import remote
 from tiers.errors import ObjectNotFound
@@ -184,6 +184,37 @@ class Registry:
         manifest_url = self.manifest_url(ref)
         remote.write_bytes(manifest_url, manifest.to_json())
         return PushResult(manifest, uploaded, manifest_url, blob_url)
+
+    def add_variant(self, base: RegistryRef, variant: Manifest, *,
+                    sign_key: str | None = None) -> Manifest:
+        """List `variant` (another tag of the same name, fewer bytes) in `base`'s
+        manifest, so that a load of `base` that runs out of memory falls back to it.
+
+        Only `base`'s manifest is rewritten (manifests are the registry's one mutable
+        object); the entry pins the variant's digest, so a later push to the variant's
+        tag cannot change what the fallback serves. Variants stay sorted largest first:
+        the order the fallback tries them in. A signed `base` must be signed again.
+        """
+        if variant.name != base.name:
+            raise BadRequest(f"{variant.name}:{variant.tag} cannot be a variant of {base}: "
+                             "variants are other tags of the same name")
+        manifest = self.manifest(base)
+        if variant.size >= manifest.size:
+            raise BadRequest(f"{variant.name}:{variant.tag} ({variant.size} bytes) is not "
+                             f"smaller than {base} ({manifest.size} bytes)")
+        if manifest.signature is not None and sign_key is None:
+            raise BadRequest(f"{base} is signed: listing a variant rewrites its manifest, "
+                             "so pass the signing key (--sign-key) to sign it again")
+        entry = Variant(tag=variant.tag, size=variant.size,
+                        file_type=variant.gguf.file_type, digest=variant.digest)
+        others = [v for v in manifest.variants if v.tag != variant.tag]
+        updated = replace(manifest, variants=tuple(sorted([*others, entry],
+                                                          key=lambda v: -v.size)),
+                          signature=None)
+        if sign_key is not None:
+            updated = signing.sign(updated, sign_key)
+        remote.write_bytes(self.manifest_url(base), updated.to_json())
+        return updated
 
     def _has_blob(self, blob_url: str, size: int) -> bool:
         try:

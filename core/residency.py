@@ -112,6 +112,7 @@ class Loaded:
     footprint: int
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0
+    variant: str | None = None   # the smaller variant's tag serving `key` after an OOM
 
 
 class TrackedEngine:

@@ -25,6 +25,9 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
                    help="store one zstd frame per chunk (default none)")
     p.add_argument("--sign-key", dest="sign_key", metavar="FILE",
                    help="sign the manifest with this Ed25519 key (base64 of 32 raw bytes)")
+    p.add_argument("--variant-of", dest="variant_of", metavar="NAME:TAG",
+                   help="also list this push as a smaller variant of NAME:TAG (same name), "
+                        "which a load of NAME:TAG falls back to when memory runs out")
     _registry_flag(p)
 
 
@@ -47,6 +50,10 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{m.name}:{m.tag} {m.digest} {human_size(m.size)} "
           f"({'uploaded' if result.uploaded else 'blob already present'}) "
           f"-> {result.manifest_url}")
+    if args.variant_of:
+        base = registry.add_variant(parse_name_tag(args.variant_of), m, sign_key=key)
+        print(f"{base.name}:{base.tag} variants: "
+              + ", ".join(f"{v.tag} ({human_size(v.size)})" for v in base.variants))
     return 0
 
 

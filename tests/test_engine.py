@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -259,5 +262,34 @@ def test_corrupt_gguf_is_corrupt_model(tmp_path, gemma_path, kind) -> None:
     else:
         with open(gemma_path, "rb") as src:
             bad.write_bytes(src.read(4 << 20))
-    with pytest.raises(CorruptModel, match="could not load"):
+    # The error carries llama.cpp's own reason, not only "could not load".
+    reason = "invalid magic" if kind == "garbage" else "failed to read"
+    with pytest.raises(CorruptModel, match=f"could not load.*{reason}"):
         LlamaEngine.load(str(bad), name="x", settings=Settings(threads=1, ctx=256, parallel=1))
+
+
+OOM_CHILD = """
+import resource, sys
+from core.config import Settings
+from core.engine import LlamaEngine, _init_backend
+from core.errors import status_of
+_init_backend()
+status = [l for l in open("/proc/self/status") if l.startswith("VmSize")][0]
+headroom = int(sys.argv[2]) << 20   # far less than the model's 253 MB mapping
+resource.setrlimit(resource.RLIMIT_AS, (int(status.split()[1]) * 1024 + headroom,) * 2)
+try:
+    LlamaEngine.load(sys.argv[1], name="x", settings=Settings(threads=1, ctx=256, parallel=1))
+except Exception as exc:
+    print(type(exc).__name__, status_of(exc)[0], exc)
+"""
+
+
+def test_a_model_that_does_not_fit_is_out_of_memory_not_corrupt(gemma_path) -> None:
+    # A real allocation failure inside llama.cpp: a child process whose address space
+    # has 64 MiB left. It must read as OutOfMemory (what the model manager answers with
+    # fewer GPU layers and smaller variants), never as a corrupt model.
+    out = subprocess.run([sys.executable, "-c", OOM_CHILD, str(gemma_path), "64"],
+                         capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.startswith("OutOfMemory 503 "), out.stdout + out.stderr[-2000:]
+    assert "Cannot allocate memory" in out.stdout

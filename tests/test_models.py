@@ -15,7 +15,8 @@ import pytest
 
 from core import metrics
 from core.config import Settings
-from core.errors import InvalidReference, ModelNotFound, ModelUnavailable, status_of
+from core.errors import (InvalidReference, ModelNotFound, ModelUnavailable, OutOfMemory,
+                         status_of)
 from core.generation import GenerationRequest, SamplingParams
 from core.models import ModelManager
 from core.references import parse_name_tag
@@ -397,3 +398,81 @@ def test_two_models_in_the_ram_tier_stay_loaded_together(tmp_path, pushed):
             await manager.close()
 
     asyncio.run(main())
+
+
+class SmallMachine:
+    """The real LlamaEngine on a machine with `limit` bytes for a model.
+
+    A load of a bigger file fails the way llama.cpp's does on a full device (the same
+    log line, classified by the same `load_failure`); a smaller one is a real load.
+    Every attempt is recorded as (file size, n_gpu_layers).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.calls = limit, []
+
+    def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0):
+        from core.engine import LlamaEngine, load_failure
+
+        size = os.path.getsize(path)
+        self.calls.append((size, n_gpu_layers))
+        if size > self.limit:
+            raise load_failure(f"llama.cpp could not load {path}", [
+                f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating {size >> 20} MiB "
+                "on device 0: cudaMalloc failed: out of memory"])
+        return LlamaEngine.load(path, name=name, settings=settings,
+                                n_gpu_layers=n_gpu_layers)
+
+
+def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
+        tmp_path, gemma_path, monkeypatch):
+    from tests.smaller_gguf import with_fewer_blocks
+    import core.models
+    import tiers.vram
+
+    registry = Registry(str(tmp_path / "registry"))
+    big = registry.push(str(gemma_path), parse_name_tag("gemma3:270m")).manifest
+    small_file = with_fewer_blocks(gemma_path, tmp_path / "small.gguf", keep=4)
+    small = registry.push(str(small_file), parse_name_tag("gemma3:270m-4blk")).manifest
+    registry.add_variant(parse_name_tag("gemma3:270m"), small)
+    # A GPU reporting 1 GiB free: placement plans all of the 253 MB model on it (which
+    # then fails, as it would on a device shared with another process).
+    monkeypatch.setattr(tiers.vram, "free_device_memory", lambda device=0: 1 << 30)
+    machine = SmallMachine(limit=(big.size + small.size) // 2)
+    monkeypatch.setattr(core.models, "_engine_class", lambda: machine)
+
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(tmp_path / "registry"),
+                                        tiers=f"vram:auto,ram:1GiB,disk:{tmp_path / 'd'}:2GiB"))
+        try:
+            engine = await manager.engine("gemma3:270m")
+            assert engine.info.name == "gemma3:270m"
+            assert await first_tokens(engine)            # the variant really decodes
+            (loaded,) = manager.cache_report()["loaded"]
+            assert loaded["variant"] == "270m-4blk" and loaded["size"] == small.size
+            return [n for size, n in machine.calls if size == big.size], \
+                [n for size, n in machine.calls if size == small.size]
+        finally:
+            await manager.close()
+
+    on_big, on_small = asyncio.run(main())
+    assert on_big == [19, 18, 14, 10, 6, 2, 0]         # all, no output layer, fewer, none
+    assert len(on_small) == 1                          # the variant fit at once
+
+    # A machine too small even for the variant: one clear 503 naming both, no engine.
+    machine.limit, machine.calls = small.size - 1, []
+
+    async def too_small():
+        manager = ModelManager(settings(tmp_path, registry=str(tmp_path / "registry"),
+                                        tiers=f"ram:1GiB,disk:{tmp_path / 'd'}:2GiB"))
+        try:
+            with pytest.raises(OutOfMemory) as info:
+                await manager.engine("gemma3:270m")
+            assert "gemma3:270m, gemma3:270m-4blk" in str(info.value)
+            assert status_of(info.value)[0] == 503 and info.value.code == "out_of_memory"
+            assert manager.cache_report()["loaded"] == []
+        finally:
+            await manager.close()
+
+    asyncio.run(too_small())
+    assert machine.calls == [(big.size, 0), (small.size, 0)]   # CPU only: no layer steps

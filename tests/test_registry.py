@@ -252,3 +252,42 @@ def test_signed_push_verifies_and_a_tampered_manifest_is_refused(registry, tiny,
         registry.manifest(RegistryRef("tiny", "signed"))
     unsigned = registry.push(str(tiny), parse_name_tag("tiny:plain")).manifest
     assert not signing.verify(unsigned)
+
+
+def test_variants_are_listed_largest_first_pinned_by_digest_and_refused_when_wrong(
+        registry, tmp_path, capsys):
+    from core import signing
+    from core.errors import BadRequest
+    from handlers import cli
+
+    files = {}
+    for layers in (8, 4, 2):
+        files[layers] = tmp_path / f"m{layers}.gguf"
+        write_tiny_gguf(files[layers], n_layers=layers)
+    private, _ = signing.generate_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(private)
+    assert cli.main(["push", str(files[8]), "m:big", "--registry", registry.root,
+                     "--sign-key", str(key_file)]) == 0
+    base = RegistryRef("m", "big")
+    two = registry.push(str(files[2]), parse_name_tag("m:l2")).manifest
+    # The base is signed: rewriting its manifest without the key would break it.
+    with pytest.raises(BadRequest, match="signed"):
+        registry.add_variant(base, two)
+    registry.add_variant(base, two, sign_key=private)
+    # The CLI pushes and lists in one step, and signs the rewritten base again.
+    assert cli.main(["push", str(files[4]), "m:l4", "--variant-of", "m:big", "--registry",
+                     registry.root, "--sign-key", str(key_file)]) == 0
+    assert "m:big variants: l4" in capsys.readouterr().out
+    m = registry.manifest(base)                       # reads, validates, verifies
+    assert signing.verify(m)
+    four = registry.manifest(RegistryRef("m", "l4"))
+    assert [(v.tag, v.size, v.digest) for v in m.variants] == \
+        [("l4", four.size, four.digest), ("l2", two.size, two.digest)]
+    # A variant must be the same name and fewer bytes.
+    other = registry.push(str(files[2]), parse_name_tag("n:l2")).manifest
+    with pytest.raises(BadRequest, match="same name"):
+        registry.add_variant(base, other)
+    with pytest.raises(BadRequest, match="not smaller"):
+        registry.add_variant(RegistryRef("m", "l2"), four)
+    assert registry.manifest(base) == m               # refusals wrote nothing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tiers.vram import (Attempt, Placement, VramTier, choose_gpu_layers, free_device_memory,
+from tiers.vram import (Placement, VramTier, choose_gpu_layers, free_device_memory,
                         is_oom, oom_attempts)
 
 MiB = 1 << 20
@@ -36,19 +36,18 @@ def test_uneven_layers_are_taken_from_the_last_block_down() -> None:
     assert choose_gpu_layers(125 * MiB, layers, reserve=0).n_gpu_layers == 3
 
 
-def test_oom_sequence_fewer_layers_then_smaller_variants() -> None:
-    first = Placement(11, 0, True)
-    seq = oom_attempts(first, 10, [("q4", Placement(11, 0, True)), ("q2", Placement(11, 0, True))])
-    assert seq == [Attempt(None, 11), Attempt(None, 10), Attempt(None, 8), Attempt(None, 6),
-                   Attempt(None, 4), Attempt(None, 2), Attempt(None, 0),
-                   Attempt("q4", 11), Attempt("q2", 11)]
-    assert oom_attempts(Placement(0, 0, False), 10) == [Attempt(None, 0)]
+def test_oom_sequence_fewer_layers_down_to_none() -> None:
+    assert oom_attempts(Placement(11, 0, True), 10) == [11, 10, 8, 6, 4, 2, 0]
+    assert oom_attempts(Placement(5, 0, False), 10) == [5, 3, 1, 0]
+    assert oom_attempts(Placement(0, 0, False), 10) == [0]
 
 
 def test_oom_messages() -> None:
     assert is_oom("CUDA error: out of memory")
     assert is_oom("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 900 MiB on device 0: "
                   "cudaMalloc failed")
+    assert is_oom("llama_model_load: error loading model: mmap failed: Cannot allocate memory")
+    assert is_oom("ggml_gallocr_reserve_n_impl: failed to allocate CPU buffer of size 269747200")
     assert not is_oom("failed to load model: invalid magic")
 
 

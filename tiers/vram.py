@@ -60,41 +60,31 @@ def choose_gpu_layers(free_bytes: int, layer_bytes: Sequence[int], other_bytes: 
     return Placement(count, used, False)
 
 
-@dataclass(frozen=True)
-class Attempt:
-    variant: str | None      # None = the requested model; else a variant tag
-    n_gpu_layers: int
+def oom_attempts(first: Placement, n_layers: int) -> list[int]:
+    """`n_gpu_layers` to try, in order, when a load runs out of memory.
 
-
-def oom_attempts(first: Placement, n_layers: int,
-                 variants: Sequence[tuple[str, Placement]] = ()) -> list[Attempt]:
-    """What to try, in order, when a load runs out of device memory.
-
-    The planned placement first; then fewer layers, a quarter of the model at a time,
-    down to none on the GPU; then each smaller variant (the caller lists them smallest
-    last, as the manifest does) with its own planned placement.
+    The planned placement first; then everything but the output layer; then a quarter
+    of the blocks fewer at a time, down to none on the GPU. (After that the model
+    manager tries the manifest's smaller variants, each with its own placement.)
     """
-    seq = [Attempt(None, first.n_gpu_layers)]
+    seq = [first.n_gpu_layers]
     step = max(1, n_layers // 4)
     n = min(first.n_gpu_layers, n_layers)
     if first.n_gpu_layers > n_layers:
-        seq.append(Attempt(None, n_layers))    # everything but the output layer
+        seq.append(n_layers)
     while n > 0:
         n = max(0, n - step)
-        seq.append(Attempt(None, n))
-    seq.extend(Attempt(tag, p.n_gpu_layers) for tag, p in variants)
-    out: list[Attempt] = []
-    for a in seq:
-        if a not in out:
-            out.append(a)
-    return out
+        seq.append(n)
+    return list(dict.fromkeys(seq))
 
 
 def is_oom(message: str) -> bool:
-    """Does a load error read like device memory exhaustion (CUDA, Metal, Vulkan)?"""
+    """Does a llama.cpp log line read like memory exhaustion: device (CUDA, Metal,
+    Vulkan) or host (ENOMEM from mmap or malloc)?"""
     text = message.lower()
     return any(s in text for s in ("out of memory", "cudamalloc", "failed to allocate",
-                                   "erroroutofdevicememory", "insufficient memory"))
+                                   "erroroutofdevicememory", "insufficient memory",
+                                   "cannot allocate memory"))
 
 
 class VramTier:
