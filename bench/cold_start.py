@@ -3,7 +3,8 @@
 One run, same object store, same model (the bundled Gemma 3 270M, 253 MB), empty caches:
 
 1. raw fetch     the fastest plain s3fs fetch of the GGUF's bytes into memory (many
-                 concurrent ranged reads; the best of a few stream counts). The floor.
+                 concurrent ranged reads; the best of a few stream counts and range
+                 sizes, 8 MiB or one range per stream). The floor.
 2. warm          Llama(...) on a file already in the page cache, then one token.
 3. plain path    boto3 `download_file`, then `Llama(...)`, then one token: what a
                  Lambda handler without strato does.
@@ -86,19 +87,36 @@ def one_token_llama(path: str, threads: int) -> float:
     return seconds
 
 
-def raw_fetch(url: str, size: int, streams: int, chunk: int) -> float:
+def raw_fetch(url: str, size: int, streams: int, range_size: int) -> float:
+    """Seconds for s3fs to read the whole object as `range_size` ranges, `streams` at a
+    time, into memory (no verification, no tier writes: the floor for a fetch)."""
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     path = url.split("://", 1)[1]
-    starts = list(range(0, size, chunk))
-    ends = [min(s + chunk, size) for s in starts]
+    starts = list(range(0, size, range_size))
+    ends = [min(s + range_size, size) for s in starts]
     start = time.monotonic()
     # s3fs runs cat_ranges concurrently on its event loop, `batch_size` at a time.
     parts = fs.cat_ranges([path] * len(starts), starts, ends, batch_size=streams)
     seconds = time.monotonic() - start
     assert sum(len(p) for p in parts) == size
     return seconds
+
+
+def fastest_raw_fetch(url: str, size: int, stream_counts: list[int],
+                      chunk: int) -> tuple[float, str]:
+    """The best of several stream counts, each with `chunk`-sized ranges and with one
+    range per stream (what strato's run coalescing approaches): the peer gets tuned."""
+    best: tuple[float, str] | None = None
+    for n in stream_counts:
+        per_stream = -(-size // n)
+        for range_size in sorted({chunk, per_stream}):
+            seconds = raw_fetch(url, size, n, range_size)
+            if best is None or seconds < best[0]:
+                best = (seconds, f"{n} streams x {range_size / 2**20:.0f} MiB")
+    assert best is not None
+    return best
 
 
 async def first_token(manager, model: str) -> float:
@@ -163,9 +181,12 @@ def main() -> int:
         print(f"model: {gemma.name}, {size / 1e6:.1f} MB; S3: moto_server at {endpoint}; "
               f"{args.threads} threads, {args.streams} streams, chunk {args.chunk}")
 
-        raw = min(raw_fetch(f"s3://{BUCKET}/raw/gemma.gguf", size, n, chunk)
-                  for n in sorted({4, 8, args.streams, 32}))
-        results["raw fetch (s3fs, best)"] = raw
+        # Both sides get the same stream counts and keep their best: the store decides
+        # what is fastest (moto pays per request, S3 per connection), not the defaults.
+        stream_counts = sorted({4, 8, args.streams, 32})
+        raw, best_config = fastest_raw_fetch(f"s3://{BUCKET}/raw/gemma.gguf", size,
+                                             stream_counts, chunk)
+        results[f"raw fetch (s3fs, best: {best_config})"] = raw
         one_token_llama(str(gemma), args.threads)            # page cache warm
         results["warm load + 1 token"] = warm = one_token_llama(str(gemma), args.threads)
 
@@ -182,12 +203,17 @@ def main() -> int:
                             tiers=f"ram:2GiB,disk:{work / 'tier'}:4GiB")
 
         async def strato() -> None:
-            manager = ModelManager(settings)
-            try:
-                results["strato cold: request -> first token"] = \
-                    await first_token(manager, "gemma3:270m")
-            finally:
-                await manager.close()
+            colds = {}
+            for n in stream_counts:                  # empty tiers for every run
+                manager = ModelManager(dataclasses.replace(
+                    settings, streams=n, tiers=f"ram:2GiB,disk:{work / f'tier{n}'}:4GiB"))
+                try:
+                    colds[n] = await first_token(manager, "gemma3:270m")
+                finally:
+                    await manager.close()
+                results[f"strato cold, {n} streams: request -> first token"] = colds[n]
+            best = min(colds, key=colds.__getitem__)
+            results[f"strato cold (best: {best} streams)"] = colds[best]
             ram_only = dataclasses.replace(settings, tiers="ram:2GiB")
             results["swap (RAM tier, other model unloaded)"] = \
                 await back_and_forth(ModelManager(ram_only, budget=1))
@@ -201,13 +227,14 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     for name, seconds in results.items():
-        print(f"  {name:<44} {seconds:7.2f} s")
-    cold = results["strato cold: request -> first token"]
-    print(f"  strato cold / plain path                     {cold / plain:7.2f}x  (target <= 0.70)")
-    print(f"  strato cold / (raw fetch + warm)             {cold / (raw + warm):7.2f}x  "
-          "(target <= 1.15)")
-    print(f"  swap                                         "
-          f"{results['swap (RAM tier, other model unloaded)']:7.2f} s  (target < 1 s)")
+        print(f"  {name:<52} {seconds:7.2f} s")
+    cold = next(v for k, v in results.items() if k.startswith("strato cold (best"))
+    swap = results["swap (RAM tier, other model unloaded)"]
+    for name, value, unit, target in (
+            ("strato cold / plain path", cold / plain, "x", "<= 0.70"),
+            ("strato cold / (raw fetch + warm)", cold / (raw + warm), "x", "<= 1.15"),
+            ("swap", swap, " s", "< 1 s")):
+        print(f"  {name:<52} {value:7.2f}{unit}  (target {target})")
     return 0
 
 

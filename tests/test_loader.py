@@ -177,3 +177,16 @@ def test_a_header_spanning_many_chunks(tmp_path: Path, http_root) -> None:
     after = [done for kind, done in events[events.index(headers[0]):] if kind == "progress"]
     assert after[0] < len(big) // 2 and after[-1] == len(big)   # announced mid-stream
     assert Path(handle.path).read_bytes() == big
+
+
+def test_chunks_are_coalesced_into_one_read_per_stream_with_the_header_first():
+    from tiers.fetch import plan_runs
+
+    # 31 chunks, 16 streams: the header chunk alone, then runs of two.
+    runs = plan_runs(list(range(31)), 16, 4)
+    assert runs[0] == [0] and all(len(r) == 2 for r in runs[1:]) and len(runs) == 16
+    assert [i for r in runs for i in r] == list(range(31))
+    # Bounded by max_chunks; only consecutive chunks share a read; order is kept.
+    assert plan_runs(list(range(9)), 1, 3) == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
+    assert plan_runs([0, 5, 6, 7, 2, 3], 1, 8) == [[0], [5, 6, 7], [2, 3]]
+    assert plan_runs([4], 16, 4) == [[4]] and plan_runs([], 16, 4) == []

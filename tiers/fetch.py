@@ -24,6 +24,8 @@ from tiers.gguf_header import FIRST_READ, GGUFHeader, NeedMore, parse
 
 log = logging.getLogger("strato.tiers")
 BLOCK = 8 << 20
+IN_FLIGHT = 256 << 20   # bytes all streams' coalesced reads may hold at once
+MAX_RUN = 64 << 20      # and one read at most, whatever the stream count
 LOG_EVERY = 2.0
 
 
@@ -78,16 +80,19 @@ class ChunkFetch:
                              f"its {self.n} chunks")
         todo = [i for i in order if not self._resumed(i)]
         self._advance()
+        run_bytes = min(MAX_RUN, IN_FLIGHT // max(1, self.streams))
+        runs = plan_runs(todo, self.streams, max(1, run_bytes // self.plan.chunk_size))
         with ThreadPoolExecutor(max_workers=self.streams,
                                 thread_name_prefix="strato-fetch") as pool:
-            pending: set[Future] = {pool.submit(self._chunk, i) for i in todo}
+            pending: set[Future] = {pool.submit(self._run, run) for run in runs}
             try:
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        index = fut.result()
-                        self.landed[index] = True
-                        self.done_bytes += _length(index, self.size, self.plan.chunk_size)
+                        for index in fut.result():
+                            self.landed[index] = True
+                            self.done_bytes += _length(index, self.size,
+                                                       self.plan.chunk_size)
                     self._advance()
                     self._report(Progress(self.plan.label, self.done_bytes, self.size,
                                           time.monotonic() - self.start))
@@ -168,6 +173,53 @@ class ChunkFetch:
             if self.on_header is not None:
                 self.on_header(header)
 
+    def _run(self, run: list[int]) -> list[int]:
+        """Fetch consecutive chunks with one ranged read, then verify and write each.
+
+        A chunk that fails its digest, or every chunk of a read that failed, is fetched
+        again on its own by `_chunk` (with its retries and backoff): coalescing saves
+        requests, never correctness. Returns the chunk indices, all landed.
+        """
+        if len(run) == 1:
+            return [self._chunk(run[0])]
+        try:
+            pieces = self._read_run(run)
+        except (TransientError, _ChunkFailed) as exc:
+            log.warning("chunks %d-%d of %s failed as one read (%s): fetching them one by "
+                        "one", run[0], run[-1], self.plan.label, exc)
+            return [self._chunk(i) for i in run]
+        for index, data in pieces:
+            if data is None:
+                self._chunk(index)
+                continue
+            start, _ = chunk_range(index, self.size, self.plan.chunk_size)
+            for w in self.writers:
+                w.write_at(start, data)
+        return run
+
+    def _read_run(self, run: list[int]) -> list[tuple[int, bytes | None]]:
+        """(index, verified bytes or None where the chunk's digest failed) for a run."""
+        plan, cs = self.plan, self.plan.chunk_size
+        if self.stop.is_set():
+            raise SourceUnavailable("load cancelled")
+        if plan.compression == "zstd":
+            assert plan.frame_offsets is not None
+            bounds = [(plan.frame_offsets[i], plan.frame_offsets[i + 1]) for i in run]
+        else:
+            bounds = [chunk_range(i, self.size, cs) for i in run]
+        lo, hi = bounds[0][0], bounds[-1][1]
+        blob = remote.read_range(plan.url, lo, hi)
+        if len(blob) != hi - lo:
+            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(blob)} of {hi - lo}")
+        out: list[tuple[int, bytes | None]] = []
+        for index, (a, b) in zip(run, bounds):
+            try:
+                out.append((index, self._checked(index, blob[a - lo:b - lo])))
+            except _ChunkFailed as exc:
+                log.warning("chunk %d of %s: %s; fetching it again", index, plan.label, exc)
+                out.append((index, None))
+        return out
+
     def _chunk(self, index: int) -> int:
         """Fetch, verify and write one chunk, retrying; returns its index."""
         plan = self.plan
@@ -206,12 +258,19 @@ class ChunkFetch:
             if len(frame) != hi - lo:
                 raise _ChunkFailed("short", f"frame {index}: got {len(frame)} of "
                                             f"{hi - lo} bytes")
-            data = _decompress(frame, end - start)
-        else:
-            data = remote.read_range(plan.url, start, end)
-            if len(data) != end - start:
-                raise _ChunkFailed("short", f"bytes {start}-{end}: got {len(data)} of "
-                                            f"{end - start}")
+            return self._checked(index, frame)
+        data = remote.read_range(plan.url, start, end)
+        if len(data) != end - start:
+            raise _ChunkFailed("short", f"bytes {start}-{end}: got {len(data)} of "
+                                        f"{end - start}")
+        return self._checked(index, data)
+
+    def _checked(self, index: int, stored: bytes) -> bytes:
+        """Chunk `index`'s raw bytes from its stored form (decompressed), verified
+        against its BLAKE3 digest when the plan has per-chunk digests."""
+        plan = self.plan
+        start, end = chunk_range(index, self.size, plan.chunk_size)
+        data = _decompress(stored, end - start) if plan.compression == "zstd" else stored
         if plan.chunk_digests is not None:
             got = blake3.blake3(data).hexdigest()
             if got != plan.chunk_digests[index]:
@@ -226,6 +285,29 @@ class ChunkFetch:
         if hasher.hexdigest() != digest:
             raise IntegrityError(f"{self.plan.label}: blob digest mismatch, expected "
                                  f"{digest}, got {hasher.hexdigest()}")
+
+
+def plan_runs(todo: Sequence[int], streams: int, max_chunks: int) -> list[list[int]]:
+    """Group the chunks to fetch into runs: one ranged read each.
+
+    Every request costs a round trip (and, on S3, a GET charge), so a fetch wants as
+    few as keep every stream busy: about `len(todo) / streams` chunks per run, at most
+    `max_chunks`, each run consecutive chunks in fetch order. The first chunk to fetch
+    is a run of its own, so the header (chunk 0) is there as early as it can be.
+    """
+    if not todo:
+        return []
+    per_run = max(1, min(max_chunks, -(-(len(todo) - 1) // max(1, streams))))
+    runs = [[todo[0]]]
+    current: list[int] = []
+    for index in todo[1:]:
+        if current and (index != current[-1] + 1 or len(current) == per_run):
+            runs.append(current)
+            current = []
+        current.append(index)
+    if current:
+        runs.append(current)
+    return runs
 
 
 def _length(index: int, size: int, chunk_size: int) -> int:
