@@ -392,6 +392,7 @@ def to_blob_plan(m: Manifest, root: str) -> BlobPlan:
         chunk_size=m.chunk_size, chunk_digests=m.chunks, compression=m.compression,
         frame_offsets=m.frame_offsets if m.compression == "zstd" else None,
         order=tuple(layer_order(m)), name=f"{m.name}:{m.tag}",
+        header_chunks=max(1, math.ceil(m.gguf.tensor_data_offset / m.chunk_size)),
         meta={"name": m.name, "tag": m.tag, "gguf": m.to_dict()["gguf"]})
 
 

@@ -190,3 +190,5 @@ def test_chunks_are_coalesced_into_one_read_per_stream_with_the_header_first():
     assert plan_runs(list(range(9)), 1, 3) == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
     assert plan_runs([0, 5, 6, 7, 2, 3], 1, 8) == [[0], [5, 6, 7], [2, 3]]
     assert plan_runs([4], 16, 4) == [[4]] and plan_runs([], 16, 4) == []
+    # A header over three chunks is one read of its own, ahead of the layers.
+    assert plan_runs(list(range(9)), 2, 8, head=3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]

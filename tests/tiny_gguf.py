@@ -57,9 +57,16 @@ def chunk_digests(data: bytes, chunk_size: int) -> tuple[str, ...]:
 def plan_for(url: str, data: bytes, chunk_size: int, *, per_chunk: bool = True,
              order: tuple[int, ...] | None = None, name: str = "") -> BlobPlan:
     """The plan a manifest would give for raw `data` stored at `url`."""
+    from tiers.errors import CorruptModel
+    from tiers.gguf_header import NeedMore, parse
+
+    try:
+        head = max(1, -(-parse(data).data_offset // chunk_size))
+    except (CorruptModel, NeedMore):     # fault tests plan bytes that are not a GGUF
+        head = 1
     return BlobPlan(url=url, size=len(data), digest=digest(data), chunk_size=chunk_size,
                     chunk_digests=chunk_digests(data, chunk_size) if per_chunk else None,
-                    order=order, name=name or url)
+                    order=order, header_chunks=head, name=name or url)
 
 
 def zstd_frames(data: bytes, chunk_size: int) -> tuple[bytes, tuple[int, ...]]:

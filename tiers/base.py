@@ -49,6 +49,8 @@ class BlobPlan:
     - `frame_offsets`: for zstd, offset of each compressed frame in the object plus the
       end offset (len = n_chunks + 1).
     - `order`: chunk indices in fetch order (header first, then layers); None = by offset.
+    - `header_chunks`: how many leading chunks hold the GGUF header (1 when unknown):
+      they are fetched as one read of their own, so the header never waits on layers.
     - `name`: what logs and metrics call it (the user's reference).
     - `meta`: small JSON-able dict stored beside the blob in disk tiers (the manifest's
       GGUF summary, for `strato list` without reading the blob).
@@ -62,6 +64,7 @@ class BlobPlan:
     compression: Compression = "none"
     frame_offsets: tuple[int, ...] | None = None
     order: tuple[int, ...] | None = None
+    header_chunks: int = 1
     name: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
 

@@ -81,7 +81,8 @@ class ChunkFetch:
         todo = [i for i in order if not self._resumed(i)]
         self._advance()
         run_bytes = min(MAX_RUN, IN_FLIGHT // max(1, self.streams))
-        runs = plan_runs(todo, self.streams, max(1, run_bytes // self.plan.chunk_size))
+        runs = plan_runs(todo, self.streams, max(1, run_bytes // self.plan.chunk_size),
+                         head=self.plan.header_chunks)
         with ThreadPoolExecutor(max_workers=self.streams,
                                 thread_name_prefix="strato-fetch") as pool:
             pending: set[Future] = {pool.submit(self._run, run) for run in runs}
@@ -287,20 +288,28 @@ class ChunkFetch:
                                  f"{digest}, got {hasher.hexdigest()}")
 
 
-def plan_runs(todo: Sequence[int], streams: int, max_chunks: int) -> list[list[int]]:
+def plan_runs(todo: Sequence[int], streams: int, max_chunks: int,
+              head: int = 1) -> list[list[int]]:
     """Group the chunks to fetch into runs: one ranged read each.
 
     Every request costs a round trip (and, on S3, a GET charge), so a fetch wants as
     few as keep every stream busy: about `len(todo) / streams` chunks per run, at most
-    `max_chunks`, each run consecutive chunks in fetch order. The first chunk to fetch
-    is a run of its own, so the header (chunk 0) is there as early as it can be.
+    `max_chunks`, each run consecutive chunks in fetch order. The header's chunks (the
+    first `head`, when they come first) are a run of their own, so the header is there
+    as early as it can be.
     """
     if not todo:
         return []
-    per_run = max(1, min(max_chunks, -(-(len(todo) - 1) // max(1, streams))))
-    runs = [[todo[0]]]
-    current: list[int] = []
+    first = [todo[0]]
     for index in todo[1:]:
+        if index >= head or index != first[-1] + 1:
+            break
+        first.append(index)
+    rest = todo[len(first):]
+    per_run = max(1, min(max_chunks, -(-len(rest) // max(1, streams))))
+    runs = [first]
+    current: list[int] = []
+    for index in rest:
         if current and (index != current[-1] + 1 or len(current) == per_run):
             runs.append(current)
             current = []
