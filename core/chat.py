@@ -28,50 +28,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from core.errors import BadRequest
-
-_ROLES = {"system", "developer", "user", "assistant", "tool"}
-
-
-def message_text(message: Any, index: int) -> tuple[str, str]:
-    """(role, text) of one OpenAI message; content may be a string or a list of parts.
-
-    Only text parts are accepted: this engine has no vision projector, and silently
-    dropping an image would produce an answer to a question nobody asked.
-    """
-    if not isinstance(message, dict):
-        raise BadRequest(f"messages[{index}] must be an object", param=f"messages[{index}]")
-    role = message.get("role")
-    if role not in _ROLES:
-        raise BadRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}, got {role!r}",
-                         param=f"messages[{index}].role")
-    content = message.get("content")
-    if content is None:
-        content = ""
-    if isinstance(content, list):
-        parts = []
-        for j, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(
-                    part.get("text"), str):
-                parts.append(part["text"])
-            else:
-                raise BadRequest(f"messages[{index}].content[{j}]: only text parts are supported",
-                                 param=f"messages[{index}].content")
-        content = "".join(parts)
-    if not isinstance(content, str):
-        raise BadRequest(f"messages[{index}].content must be a string or a list of text parts",
-                         param=f"messages[{index}].content")
-    return role, content
-
-
-def normalize(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """Validated `{"role", "content"}` dicts with string content."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise BadRequest("messages must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        role, text = message_text(m, i)
-        out.append({"role": role, "content": text})
-    return out
+from core.schemas import parse_messages
 
 
 def fallback_format(architecture: str) -> str:
@@ -79,7 +36,7 @@ def fallback_format(architecture: str) -> str:
     return "gemma" if architecture.lower().startswith("gemma") else "chatml"
 
 
-def render_gemma(messages: list[dict[str, str]]) -> str:
+def render_gemma(messages: Sequence[dict[str, str]]) -> str:
     """Gemma turns; system/developer text is prepended to the first user turn."""
     system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
     turns = [m for m in messages if m["role"] not in ("system", "developer")]
@@ -98,7 +55,7 @@ def render_gemma(messages: list[dict[str, str]]) -> str:
     return "".join(out)
 
 
-def render_chatml(messages: list[dict[str, str]]) -> str:
+def render_chatml(messages: Sequence[dict[str, str]]) -> str:
     """ChatML; developer messages map to the system role."""
     out = []
     for m in messages:
@@ -124,13 +81,13 @@ def _compile(template: str) -> Any:
     return env.from_string(template)
 
 
-def render_template(template: str, messages: list[dict[str, str]], *, bos_token: str,
+def render_template(template: str, messages: Sequence[dict[str, str]], *, bos_token: str,
                     eos_token: str) -> str:
     """Render a GGUF's own chat template with the variables HF templates expect."""
     import jinja2
 
     try:
-        return _compile(template).render(messages=messages, bos_token=bos_token,
+        return _compile(template).render(messages=list(messages), bos_token=bos_token,
                                          eos_token=eos_token, add_generation_prompt=True)
     except jinja2.TemplateError as exc:
         # The template's own raise_exception() (e.g. "roles must alternate") is the
@@ -142,7 +99,7 @@ def render_template(template: str, messages: list[dict[str, str]], *, bos_token:
 def render(messages: Sequence[Any], *, template: str | None, architecture: str,
            bos_token: str = "", eos_token: str = "") -> str:
     """The prompt for `messages`: the model's template if it has one, else the fallback."""
-    msgs = normalize(messages)
+    msgs = parse_messages(messages)
     if template:
         return render_template(template, msgs, bos_token=bos_token, eos_token=eos_token)
     if fallback_format(architecture) == "gemma":

@@ -87,10 +87,8 @@ def parse_chat(body: Mapping[str, Any], *, max_tokens_limit: int) -> ChatRequest
     if "messages" not in body:
         raise BadRequest("'messages' is required", param="messages")
     messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array", param="messages")
     _refuse_unsupported(body, chat=True)
-    parsed = tuple(_message(m, i) for i, m in enumerate(messages))
+    parsed = parse_messages(messages)
     limit = _first_present(body, ("max_completion_tokens", "max_tokens"))
     return ChatRequest(model=_model(body), messages=parsed,
                        decoding=_decoding(body, limit, None, max_tokens_limit))
@@ -191,8 +189,20 @@ def _max_tokens(value: Any, param: str, limit: int) -> int | None:
     return int(value)
 
 
+def parse_messages(messages: Any) -> tuple[dict[str, str], ...]:
+    """Chat messages normalised to {"role", "content"[, "name"]} with text content.
+
+    The one message parser: the HTTP path and `core.chat.render` (direct callers of
+    the engine) both use it, so a message means the same thing wherever it enters.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    return tuple(_message(m, i) for i, m in enumerate(messages))
+
+
 def _message(raw: Any, index: int) -> dict[str, str]:
-    """One chat message, normalised to {"role", "content"} with text content."""
+    """One chat message. Text parts are joined with newlines (as vLLM does): parts are
+    separate blocks of text, and "a" + "b" must not read as the word "ab"."""
     param = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise BadRequest(f"{param} must be an object, got {_kind(raw)}", param=param)

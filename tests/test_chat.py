@@ -46,11 +46,11 @@ def test_chatml_fallback_for_other_architectures() -> None:
                    "<|im_start|>assistant\n")
 
 
-def test_content_parts_are_joined() -> None:
+def test_content_parts_are_joined_as_the_http_path_joins_them() -> None:
     out = chat.render([{"role": "user", "content": [{"type": "text", "text": "a"},
                                                      {"type": "text", "text": "b"}]}],
                       template=None, architecture="qwen2")
-    assert "<|im_start|>user\nab<|im_end|>" in out
+    assert "<|im_start|>user\na\nb<|im_end|>" in out
 
 
 def test_gguf_template_is_used_when_present() -> None:
