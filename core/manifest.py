@@ -24,6 +24,7 @@ Schema v1 (JSON, validated with `SCHEMA` on every load):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -221,11 +222,20 @@ def loads(raw: bytes | str, *, source: str = "manifest") -> Manifest:
     return from_dict(data, source=source)
 
 
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    """One validator for the process: `jsonschema.validate` checks the schema itself
+    and builds a validator on every call, which a cold start pays for each manifest."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(SCHEMA)
+
+
 def from_dict(data: Any, *, source: str = "manifest") -> Manifest:
     import jsonschema
 
     try:
-        jsonschema.validate(data, SCHEMA)
+        _validator().validate(data)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise InvalidManifest(f"{source}: schema v{SCHEMA_VERSION} violated at {where}: "

@@ -35,7 +35,7 @@ from tiers.base import BlobPlan, Tier, TierStats
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
-from tiers.writebehind import WriteBehind
+from tiers.writebehind import WriteBehind, run_in_background_priority
 
 log = logging.getLogger("strato.tiers")
 
@@ -307,6 +307,7 @@ class Loader:
     def _persist(self, fastest: Tier, later: list[tuple[Tier, WriteBehind]], digest: str,
                  meta: dict, size: int) -> None:
         """Finish the write-behind tiers from the fast copy (fsync, rename) and count them."""
+        run_in_background_priority()
         try:
             fd = os.open(fastest.path(digest), os.O_RDONLY)
             try:

@@ -11,6 +11,7 @@ disk never throttles the download, and a kill -9 still leaves a resumable partia
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Any, Callable, Mapping
@@ -19,6 +20,21 @@ from tiers.base import TierWriter
 
 log = logging.getLogger("strato.tiers")
 _STOP = None
+BACKGROUND_NICE = 10
+
+
+def run_in_background_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux nice is per thread).
+
+    Copies into slower tiers are for the *next* instance; on a 2-vCPU function they
+    would otherwise take CPU from the fetch, verification and load that the current
+    request waits for. Only the priority changes: the copy still finishes as soon as
+    the CPU is free. Best effort: a platform without per-thread nice keeps the default.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 class WriteBehind:
@@ -37,6 +53,7 @@ class WriteBehind:
         self._thread.start()
 
     def _drain(self) -> None:
+        run_in_background_priority()
         while (item := self._queue.get()) is not _STOP:
             if self.error is not None or self._aborted:
                 continue
