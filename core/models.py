@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from core import metrics
@@ -41,6 +42,24 @@ from tiers.loader import ModelHandle
 from tiers.vram import oom_attempts
 
 log = logging.getLogger("strato.models")
+
+
+MAX_PARKED = 2   # parked models hold their vocabulary (tens of MB for a 262k vocab)
+
+
+@dataclass
+class _Parked:
+    """A parked llama.cpp model (core.engine.ParkedModel) and the RAM-tier pin that
+    keeps its bytes in place while it waits."""
+
+    key: str
+    model: Any
+    handle: ModelHandle
+
+    def free(self) -> None:
+        """Free the model (unless a load took it) and release the pin."""
+        self.model.free()
+        self.handle.release()
 
 
 def _engine_class() -> Any:
@@ -65,6 +84,7 @@ class ModelManager:
         self._headers: dict[str, ModelInfo] = {}
         self._progress: dict[str, Progress] = {}
         self._errors: dict[str, str] = {}
+        self._parked: dict[str, _Parked] = {}     # by digest, oldest first
         self._load_lock: asyncio.Lock | None = None
         self._idle: asyncio.Event | None = None
         self._closed = False
@@ -121,6 +141,7 @@ class ModelManager:
             "loading": [{"model": k, "done": p.done, "total": p.total,
                          "bytes_per_second": round(p.rate), "eta_seconds": p.eta}
                         for k, p in self._progress.items() if k in self._loading],
+            "parked": [{"model": p.key, "digest": d} for d, p in self._parked.items()],
             "errors": dict(self._errors),
             "policy": self.promoter.report(),
             "memory_budget": self.budget,
@@ -132,6 +153,7 @@ class ModelManager:
             await asyncio.gather(*self._loading.values(), return_exceptions=True)
         for key in list(self._entries):
             await asyncio.to_thread(self._unload, key)
+        await asyncio.to_thread(self._drop_parked)
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
             if hasattr(tier, "close"):
@@ -204,6 +226,10 @@ class ModelManager:
         engine with its GPU-layer fallbacks. The tier handle is released on failure."""
         handle = None
         if source.plan is not None:
+            if self._parked and (source.digest is None
+                                 or self.loader.locate(source.digest) is None):
+                # A fetch may need tier space that parked models pin: give it all back.
+                await asyncio.to_thread(self._drop_parked)
             handle = await asyncio.to_thread(
                 self.loader.load, source.plan,
                 on_header=lambda h: self._header(key, h),
@@ -220,7 +246,13 @@ class ModelManager:
                 t.name == handle.tier and t.kind == "ram" for t in self.loader.tiers)
             need = footprint(size, self.settings.ctx, n_layers, in_ram_tier=in_ram)
             await self._make_room(key, need)
-            engine = await asyncio.to_thread(self._load_engine, key, path, source, handle)
+            parked = self._parked.pop(handle.digest, None) if handle is not None else None
+            try:
+                engine = await asyncio.to_thread(self._load_engine, key, path, source,
+                                                 handle, parked)
+            finally:
+                if parked is not None:
+                    await asyncio.to_thread(parked.free)
         except BaseException:
             if handle is not None:
                 handle.release()
@@ -283,7 +315,7 @@ class ModelManager:
             self.loader.load(source.plan).release()
 
     def _load_engine(self, key: str, path: str, source: Source,
-                     handle: ModelHandle | None) -> Any:
+                     handle: ModelHandle | None, parked: _Parked | None) -> Any:
         """LlamaEngine.load with the planned GPU layers; on a GPU, a load that runs out
         of memory is retried with fewer layers (tiers.vram.oom_attempts) before giving
         up. Any other failure (a corrupt file) is final: fewer layers would not help.
@@ -295,7 +327,8 @@ class ModelManager:
         for i, n_gpu_layers in enumerate(attempts):
             try:
                 return _engine_class().load(path, name=key, settings=self.settings,
-                                            n_gpu_layers=n_gpu_layers)
+                                            n_gpu_layers=n_gpu_layers,
+                                            parked=parked.model if parked else None)
             except OutOfMemory as exc:
                 if i + 1 == len(attempts):
                     raise
@@ -354,7 +387,7 @@ class ModelManager:
             if victims is not None:
                 for victim in victims:
                     log.info("unloading %s to make room for %s", victim, key)
-                    await asyncio.to_thread(self._unload, victim)
+                    await asyncio.to_thread(self._unload, victim, park=True)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -372,11 +405,26 @@ class ModelManager:
         if self._idle is not None:
             self._idle.set()
 
-    def _unload(self, key: str) -> None:
+    def _unload(self, key: str, *, park: bool = False) -> None:
+        """Close `key`'s engine. With `park`, a model whose bytes are in the RAM tier
+        keeps its llama.cpp model (and its tier pin) for a quick return: a swap back
+        then costs a context, not a reload (see core.engine.ParkedModel)."""
         entry = self._entries.pop(key, None)
         self._headers.pop(key, None)
         if entry is None:
             return
-        entry.engine.close()
-        if entry.handle is not None:
-            entry.handle.release()
+        in_ram = entry.handle is not None and entry.digest is not None and any(
+            t.name == entry.handle.tier and t.kind == "ram" for t in self.loader.tiers)
+        parked = entry.engine.close(park=park and in_ram)
+        if parked is None:
+            if entry.handle is not None:
+                entry.handle.release()
+            return
+        assert entry.digest is not None and entry.handle is not None
+        self._parked[entry.digest] = _Parked(key, parked, entry.handle)
+        while len(self._parked) > MAX_PARKED:
+            self._parked.pop(next(iter(self._parked))).free()
+
+    def _drop_parked(self) -> None:
+        while self._parked:
+            self._parked.popitem()[1].free()

@@ -177,7 +177,16 @@ def test_a_corrupted_blob_is_never_served(tmp_path, gemma_path):
     asyncio.run(main())
 
 
-def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushed):
+def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushed,
+                                                                   monkeypatch):
+    import core.engine
+
+    files_loaded = []
+    load_file = core.engine.ll.llama_model_load_from_file
+    monkeypatch.setattr(core.engine.ll, "llama_model_load_from_file",
+                        lambda path, params: files_loaded.append(path) or
+                        load_file(path, params))
+
     async def main():
         s = settings(tmp_path, registry=str(pushed), tiers="ram:1GiB")
         manager = ModelManager(s, budget=1)     # room for one engine at a time
@@ -186,7 +195,10 @@ def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushe
             answer_a = await first_tokens(a)
             b = await manager.engine("other:v1")
             assert await first_tokens(b)
-            assert [e["model"] for e in manager.cache_report()["loaded"]] == ["other:v1"]
+            report = manager.cache_report()
+            assert [e["model"] for e in report["loaded"]] == ["other:v1"]
+            assert [p["model"] for p in report["parked"]] == ["gemma3:270m"]
+            assert len(files_loaded) == 2
             # The registry disappears: both models must now come from the RAM tier.
             moved = pushed.with_name("moved-away")
             os.rename(pushed, moved)
@@ -197,10 +209,14 @@ def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushe
                 assert report["loaded"][0]["source"] == "ram"
                 ram = report["tiers"][0]
                 assert ram["hits"] == 1 and ram["misses"] == 2
+                # The parked model was taken: a new context, no second parse of the file.
+                assert len(files_loaded) == 2
+                assert [p["model"] for p in report["parked"]] == ["other:v1"]
             finally:
                 os.rename(moved, pushed)
         finally:
             await manager.close()
+        assert manager.cache_report()["parked"] == []
 
     asyncio.run(main())
 
@@ -411,7 +427,8 @@ class SmallMachine:
     def __init__(self, limit: int) -> None:
         self.limit, self.calls = limit, []
 
-    def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0):
+    def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
+             parked=None):
         from core.engine import LlamaEngine, load_failure
 
         size = os.path.getsize(path)
@@ -421,7 +438,7 @@ class SmallMachine:
                 f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating {size >> 20} MiB "
                 "on device 0: cudaMalloc failed: out of memory"])
         return LlamaEngine.load(path, name=name, settings=settings,
-                                n_gpu_layers=n_gpu_layers)
+                                n_gpu_layers=n_gpu_layers, parked=parked)
 
 
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(

@@ -198,7 +198,7 @@ class ChunkFetch:
                 w.write_at(start, data)
         return run
 
-    def _read_run(self, run: list[int]) -> list[tuple[int, bytes | None]]:
+    def _read_run(self, run: list[int]) -> list[tuple[int, bytes | memoryview | None]]:
         """(index, verified bytes or None where the chunk's digest failed) for a run."""
         plan, cs = self.plan, self.plan.chunk_size
         if self.stop.is_set():
@@ -209,10 +209,11 @@ class ChunkFetch:
         else:
             bounds = [chunk_range(i, self.size, cs) for i in run]
         lo, hi = bounds[0][0], bounds[-1][1]
-        blob = remote.read_range(plan.url, lo, hi)
-        if len(blob) != hi - lo:
-            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(blob)} of {hi - lo}")
-        out: list[tuple[int, bytes | None]] = []
+        raw = remote.read_range(plan.url, lo, hi)
+        if len(raw) != hi - lo:
+            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
+        blob = memoryview(raw)       # chunks are views into the one read, not copies
+        out: list[tuple[int, bytes | memoryview | None]] = []
         for index, (a, b) in zip(run, bounds):
             try:
                 out.append((index, self._checked(index, blob[a - lo:b - lo])))
@@ -250,7 +251,7 @@ class ChunkFetch:
         raise SourceUnavailable(f"{plan.url} kept failing after {tries} attempts "
                                 f"(chunk {index}): {last}")
 
-    def _read(self, index: int, start: int, end: int) -> bytes:
+    def _read(self, index: int, start: int, end: int) -> bytes | memoryview:
         plan = self.plan
         if plan.compression == "zstd":
             assert plan.frame_offsets is not None
@@ -266,7 +267,7 @@ class ChunkFetch:
                                         f"{end - start}")
         return self._checked(index, data)
 
-    def _checked(self, index: int, stored: bytes) -> bytes:
+    def _checked(self, index: int, stored: bytes | memoryview) -> bytes | memoryview:
         """Chunk `index`'s raw bytes from its stored form (decompressed), verified
         against its BLAKE3 digest when the plan has per-chunk digests."""
         plan = self.plan
