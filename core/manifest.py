@@ -223,7 +223,7 @@ def loads(raw: bytes | str, *, source: str = "manifest") -> Manifest:
 
 
 @functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+def validator() -> Any:
     """One validator for the process: `jsonschema.validate` checks the schema itself
     and builds a validator on every call, which a cold start pays for each manifest."""
     import jsonschema
@@ -235,7 +235,7 @@ def from_dict(data: Any, *, source: str = "manifest") -> Manifest:
     import jsonschema
 
     try:
-        _validator().validate(data)
+        validator().validate(data)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise InvalidManifest(f"{source}: schema v{SCHEMA_VERSION} violated at {where}: "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from core.config import Settings, default_cache_dir
 from core.errors import ModelNotFound
-from core.manifest import Manifest, to_blob_plan
+from core.manifest import Manifest, to_blob_plan, validator
 from core.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse)
 from core.registry import Registry
 from tiers.base import BlobPlan
@@ -62,6 +62,7 @@ class Resolver:
                                  chunk_size=settings.chunk, streams=settings.streams)
         self._pinned: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        validator()   # import jsonschema and build the manifest validator now, not in a load
 
     def default_model(self) -> str | None:
         """STRATO_MODEL, else the bundled Gemma when no registry was configured (a

@@ -23,16 +23,23 @@ _STOP = None
 BACKGROUND_NICE = 10
 
 
-def run_in_background_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux nice is per thread).
+def run_in_background_priority(*, idle: bool = False) -> None:
+    """Lower the calling thread's CPU priority (Linux: per thread): nice 10, or with
+    `idle` SCHED_IDLE (only CPU nobody else wants).
 
     Copies into slower tiers are for the *next* instance; on a 2-vCPU function they
     would otherwise take CPU from the fetch, verification and load that the current
-    request waits for. Only the priority changes: the copy still finishes as soon as
-    the CPU is free. Best effort: a platform without per-thread nice keeps the default.
+    request waits for. The write-behind during a fetch runs idle: falling behind only
+    skips chunks, which are copied from RAM afterwards, at nice 10, while llama.cpp
+    builds its vocabulary on one core and the other is free (and a server busy on both
+    cores still finishes the copy). Best effort: elsewhere the default priority stays.
     """
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
     except (AttributeError, OSError):
         pass
 
@@ -53,7 +60,7 @@ class WriteBehind:
         self._thread.start()
 
     def _drain(self) -> None:
-        run_in_background_priority()
+        run_in_background_priority(idle=True)
         while (item := self._queue.get()) is not _STOP:
             if self.error is not None or self._aborted:
                 continue
