@@ -385,7 +385,8 @@ class LlamaEngine:
     def close(self, *, park: bool = False) -> ParkedModel | None:
         """Stop the scheduler (waiting and running requests get ModelUnavailable), then
         free the contexts and the model, or with `park` hand the model back for a later
-        `load` instead of freeing it. Idempotent (a second call returns None)."""
+        `load` instead of freeing it. A model with layers on a GPU is never parked: its
+        device memory is what the next model needs. Idempotent (a second call: None)."""
         if self._closed:
             return None
         self._closed = True
@@ -395,7 +396,7 @@ class LlamaEngine:
             ll.llama_free(self._embed_ctx)
             self._embed_ctx = None
         ll.llama_free(self._ctx)
-        if park:
+        if park and self._n_gpu_layers == 0:
             return ParkedModel(self._model, self.path, self._n_gpu_layers)
         ll.llama_model_free(self._model)
         return None

@@ -242,9 +242,8 @@ class ModelManager:
             header = await asyncio.to_thread(read_header_file, path)
             n_layers = header.block_count or 0
         try:
-            in_ram = handle is not None and any(
-                t.name == handle.tier and t.kind == "ram" for t in self.loader.tiers)
-            need = footprint(size, self.settings.ctx, n_layers, in_ram_tier=in_ram)
+            need = footprint(size, self.settings.ctx, n_layers,
+                             in_ram_tier=self._in_ram_tier(handle))
             await self._make_room(key, need)
             parked = self._parked.pop(handle.digest, None) if handle is not None else None
             try:
@@ -267,6 +266,7 @@ class ModelManager:
         loads serves `key` (logged, and named in /v1/cache). None left: the OOM."""
         variants = [v for v in source.manifest.variants
                     if v.size < source.manifest.size] if source.manifest else []
+        await asyncio.to_thread(self._drop_parked)   # their memory is the variants' now
         tried = [key]
         for variant in variants:
             ref = (DigestRef(source.manifest.name, variant.digest.split(":", 1)[1])
@@ -413,9 +413,7 @@ class ModelManager:
         self._headers.pop(key, None)
         if entry is None:
             return
-        in_ram = entry.handle is not None and entry.digest is not None and any(
-            t.name == entry.handle.tier and t.kind == "ram" for t in self.loader.tiers)
-        parked = entry.engine.close(park=park and in_ram)
+        parked = entry.engine.close(park=park and self._in_ram_tier(entry.handle))
         if parked is None:
             if entry.handle is not None:
                 entry.handle.release()
@@ -424,6 +422,12 @@ class ModelManager:
         self._parked[entry.digest] = _Parked(key, parked, entry.handle)
         while len(self._parked) > MAX_PARKED:
             self._parked.pop(next(iter(self._parked))).free()
+
+    def _in_ram_tier(self, handle: ModelHandle | None) -> bool:
+        """Are these bytes in the RAM tier (so an engine over them maps the tier's
+        memory instead of adding its own)?"""
+        return handle is not None and any(t.name == handle.tier and t.kind == "ram"
+                                          for t in self.loader.tiers)
 
     def _drop_parked(self) -> None:
         while self._parked:
