@@ -48,6 +48,7 @@ def test_oom_messages() -> None:
                   "cudaMalloc failed")
     assert is_oom("llama_model_load: error loading model: mmap failed: Cannot allocate memory")
     assert is_oom("ggml_gallocr_reserve_n_impl: failed to allocate CPU buffer of size 269747200")
+    assert is_oom("llama_model_load: error loading model: std::bad_alloc")
     assert not is_oom("failed to load model: invalid magic")
 
 

@@ -84,7 +84,7 @@ def is_oom(message: str) -> bool:
     text = message.lower()
     return any(s in text for s in ("out of memory", "cudamalloc", "failed to allocate",
                                    "erroroutofdevicememory", "insufficient memory",
-                                   "cannot allocate memory"))
+                                   "cannot allocate memory", "bad_alloc"))
 
 
 class VramTier:
