@@ -107,8 +107,8 @@ class ModelManager:
         return TrackedEngine(entry, self._went_idle)
 
     def models(self) -> list[ModelInfo]:
-        infos = [e.engine.info for e in self._entries.values()]
-        infos += [i for k, i in self._headers.items() if k not in self._entries]
+        infos = [e.engine.info for e in list(self._entries.values())]
+        infos += [i for k, i in list(self._headers.items()) if k not in self._entries]
         return infos
 
     def ready(self) -> bool:
@@ -127,6 +127,8 @@ class ModelManager:
             self._start(key, ref)
 
     def cache_report(self) -> dict[str, Any]:
+        # Loader and unload threads change these dicts: iterate over snapshots (list()
+        # copies a dict's items atomically under the GIL).
         return {
             "registry": self.resolver.registry.root,
             "tiers": describe_tiers(self.loader),
@@ -137,11 +139,11 @@ class ModelManager:
                         "variant": e.variant,
                         "size": e.engine.info.size_bytes, "load_seconds": round(e.seconds, 3),
                         "active": e.active, "footprint": e.footprint}
-                       for e in self._entries.values()],
+                       for e in list(self._entries.values())],
             "loading": [{"model": k, "done": p.done, "total": p.total,
                          "bytes_per_second": round(p.rate), "eta_seconds": p.eta}
-                        for k, p in self._progress.items() if k in self._loading],
-            "parked": [{"model": p.key, "digest": d} for d, p in self._parked.items()],
+                        for k, p in list(self._progress.items()) if k in self._loading],
+            "parked": [{"model": p.key, "digest": d} for d, p in list(self._parked.items())],
             "errors": dict(self._errors),
             "policy": self.promoter.report(),
             "memory_budget": self.budget,
