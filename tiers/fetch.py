@@ -192,48 +192,42 @@ class ChunkFetch:
         for index, data in pieces:
             if data is None:
                 self._chunk(index)
-                continue
-            start, _ = chunk_range(index, self.size, self.plan.chunk_size)
-            for w in self.writers:
-                w.write_at(start, data)
+            else:
+                self._write(index, data)
         return run
+
+    def _write(self, index: int, data: bytes | memoryview) -> None:
+        """A verified chunk, at its offset, into every target tier."""
+        start, _ = chunk_range(index, self.size, self.plan.chunk_size)
+        for w in self.writers:
+            w.write_at(start, data)
 
     def _read_run(self, run: list[int]) -> list[tuple[int, bytes | memoryview | None]]:
         """(index, verified bytes or None where the chunk's digest failed) for a run."""
-        plan, cs = self.plan, self.plan.chunk_size
         if self.stop.is_set():
             raise SourceUnavailable("load cancelled")
-        if plan.compression == "zstd":
-            assert plan.frame_offsets is not None
-            bounds = [(plan.frame_offsets[i], plan.frame_offsets[i + 1]) for i in run]
-        else:
-            bounds = [chunk_range(i, self.size, cs) for i in run]
-        lo, hi = bounds[0][0], bounds[-1][1]
-        raw = remote.read_range(plan.url, lo, hi)
-        if len(raw) != hi - lo:
-            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
-        blob = memoryview(raw)       # chunks are views into the one read, not copies
+        bounds = [self._stored(i) for i in run]
+        lo = bounds[0][0]
+        blob = self._fetch(lo, bounds[-1][1])  # chunks are views into the one read
         out: list[tuple[int, bytes | memoryview | None]] = []
         for index, (a, b) in zip(run, bounds):
             try:
                 out.append((index, self._checked(index, blob[a - lo:b - lo])))
             except _ChunkFailed as exc:
-                log.warning("chunk %d of %s: %s; fetching it again", index, plan.label, exc)
+                log.warning("chunk %d of %s: %s; fetching it again", index,
+                            self.plan.label, exc)
                 out.append((index, None))
         return out
 
     def _chunk(self, index: int) -> int:
         """Fetch, verify and write one chunk, retrying; returns its index."""
         plan = self.plan
-        start, end = chunk_range(index, self.size, plan.chunk_size)
         failures: list[BaseException] = []
         for attempt in range(self.retries + 1):
             if self.stop.is_set():
                 raise SourceUnavailable("load cancelled")
             try:
-                data = self._read(index, start, end)
-                for w in self.writers:
-                    w.write_at(start, data)
+                self._write(index, self._read(index))
                 return index
             except (TransientError, _ChunkFailed) as exc:
                 failures.append(exc)
@@ -251,21 +245,23 @@ class ChunkFetch:
         raise SourceUnavailable(f"{plan.url} kept failing after {tries} attempts "
                                 f"(chunk {index}): {last}")
 
-    def _read(self, index: int, start: int, end: int) -> bytes | memoryview:
-        plan = self.plan
-        if plan.compression == "zstd":
-            assert plan.frame_offsets is not None
-            lo, hi = plan.frame_offsets[index], plan.frame_offsets[index + 1]
-            frame = remote.read_range(plan.url, lo, hi)
-            if len(frame) != hi - lo:
-                raise _ChunkFailed("short", f"frame {index}: got {len(frame)} of "
-                                            f"{hi - lo} bytes")
-            return self._checked(index, frame)
-        data = remote.read_range(plan.url, start, end)
-        if len(data) != end - start:
-            raise _ChunkFailed("short", f"bytes {start}-{end}: got {len(data)} of "
-                                        f"{end - start}")
-        return self._checked(index, data)
+    def _read(self, index: int) -> bytes | memoryview:
+        """Chunk `index` alone, verified."""
+        return self._checked(index, self._fetch(*self._stored(index)))
+
+    def _stored(self, index: int) -> tuple[int, int]:
+        """Where chunk `index` is in the stored object: its zstd frame, or its bytes."""
+        if self.plan.compression == "zstd":
+            assert self.plan.frame_offsets is not None
+            return self.plan.frame_offsets[index], self.plan.frame_offsets[index + 1]
+        return chunk_range(index, self.size, self.plan.chunk_size)
+
+    def _fetch(self, lo: int, hi: int) -> memoryview:
+        """One ranged read of stored bytes [lo, hi); a short answer fails its chunks."""
+        raw = remote.read_range(self.plan.url, lo, hi)
+        if len(raw) != hi - lo:
+            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
+        return memoryview(raw)
 
     def _checked(self, index: int, stored: bytes | memoryview) -> bytes | memoryview:
         """Chunk `index`'s raw bytes from its stored form (decompressed), verified
