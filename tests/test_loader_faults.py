@@ -212,14 +212,20 @@ def child(model_path: Path, url: str, cache: Path, *, kill_after: int = 0,
                             stderr=subprocess.PIPE, text=True)
 
 
+def killed_mid_download(tmp_path: Path, url: str, cache: Path, *, after: int) -> None:
+    """A child process downloading `url` into `cache` that SIGKILLs itself after
+    `after` bytes have landed."""
+    proc = child(tmp_path / "tiny.gguf", url, cache, kill_after=after)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_killed_during_download_then_restarted(model: bytes, tmp_path: Path,
                                                http_root) -> None:
     (http_root.directory / "m.gguf").write_bytes(model)
     url = f"{http_root.url}/m.gguf"
     cache = tmp_path / "cache"
-    proc = child(tmp_path / "tiny.gguf", url, cache, kill_after=5 * CHUNK)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL
+    killed_mid_download(tmp_path, url, cache, after=5 * CHUNK)
     blobs = cache / "blobs"
     assert not list(blobs.glob("*.gguf")) and not list(blobs.glob("*.json"))
     assert len(list(blobs.glob("*.partial"))) == 1
@@ -240,9 +246,7 @@ def test_resume_after_kill_into_ram_and_disk(model: bytes, tmp_path: Path, http_
     (http_root.directory / "m.gguf").write_bytes(model)
     url = f"{http_root.url}/m.gguf"
     cache = tmp_path / "cache"
-    proc = child(tmp_path / "tiny.gguf", url, cache, kill_after=4 * CHUNK)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL
+    killed_mid_download(tmp_path, url, cache, after=4 * CHUNK)
     tiers = [RamTier(64 << 20), DiskTier(cache, 64 << 20)]
     loader = Loader(tiers)
     handle = loader.load(plan_for(url, model, CHUNK))
