@@ -5,9 +5,12 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 # Portable llama.cpp: -march=native crashes in ggml's AMX kernel on some hosts, AVX-512 is
 # absent on others (SIGILL on AMD EPYC machines here), and a Lambda layer must run on any
-# x86_64 anyway: AVX2 + FMA + F16C only.
+# x86_64 anyway: AVX2 + FMA + F16C only (the flags live in one script for every build).
 LLAMA_VERSION := 0.3.36
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+ifeq ($(origin CMAKE_ARGS),undefined)
+CMAKE_ARGS := $(shell sh layers/llama-cpp/portable-cmake-args.sh)
+endif
+export CMAKE_ARGS
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 # The wheel is built here, not taken from pip's cache: pip keys cached sdist builds by URL,
 # so a wheel built with other CMAKE_ARGS would otherwise be reused silently.

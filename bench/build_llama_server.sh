@@ -24,8 +24,7 @@ VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 JOBS="${JOBS:-2}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-FROM_MAKEFILE="$(sed -n 's/^export CMAKE_ARGS ?= *//p' "$ROOT/Makefile" 2>/dev/null || true)"
-PORTABLE="${CMAKE_ARGS:-${FROM_MAKEFILE:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF}}"
+PORTABLE="${CMAKE_ARGS:-$(sh "$ROOT/layers/llama-cpp/portable-cmake-args.sh")}"
 echo "ggml flags: $PORTABLE"
 
 mkdir -p "$BUILD"
