@@ -120,7 +120,7 @@ def fastest_raw_fetch(url: str, size: int, stream_counts: list[int],
 
 
 async def first_token(manager, model: str) -> float:
-    from core.generation import GenerationRequest, SamplingParams
+    from core.engine.protocol import GenerationRequest, SamplingParams
 
     start = time.monotonic()
     engine = await manager.engine(model)
@@ -156,10 +156,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from core.config import Settings, parse_size
-    from core.default_model import default_model_path
-    from core.models import ModelManager
-    from core.references import parse_name_tag
-    from core.registry import Registry
+    from core.catalog.bundled import default_model_path
+    from core.serving.manager import ModelManager
+    from core.catalog.references import parse_name_tag
+    from core.catalog.registry import Registry
 
     chunk = parse_size(args.chunk)
     gemma = default_model_path()

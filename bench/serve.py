@@ -295,7 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model is None:
-        from core.default_model import default_model_path
+        from core.catalog.bundled import default_model_path
 
         args.model = default_model_path()
     plan = Plan(model=args.model, max_tokens=args.max_tokens,

@@ -31,7 +31,7 @@ batch_size = Histogram("strato_batch_size", "Sequences decoded per llama_decode 
 kv_cells_used = Gauge("strato_kv_cells_used", "KV cache cells in use.", registry=REGISTRY)
 prefix_cache_hits_total = Counter("strato_prefix_cache_hits_total",
                                   "Prompt tokens reused from the KV cache.", registry=REGISTRY)
-# models and tiers (core/models.py records what tiers/ reports)
+# models and tiers (core/serving/manager.py records what tiers/ reports)
 cold_starts_total = Counter("strato_cold_starts_total", "Process cold starts.", registry=REGISTRY)
 load_seconds = Histogram("strato_load_seconds", "Model load time by source tier.", ["tier"],
                          buckets=_LOAD_BUCKETS, registry=REGISTRY)

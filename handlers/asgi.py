@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import metrics, responses, schemas
+from core import metrics
+from core.openai import responses, schemas
 from core.errors import PayloadTooLarge, Unauthorized
 
 T = TypeVar("T")

@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from core.generation import GenerationRequest, SamplingParams
+    from core.serving import GenerationRequest, SamplingParams
     from handlers.http import build_service
 
     service = build_service(settings)
@@ -181,7 +181,7 @@ def inspect_model(ref: str, settings: Settings) -> dict[str, Any]:
 def read_header_of(ref: str, settings: Settings) -> tuple[Any, int]:
     import os
 
-    from core.resolver import Resolver
+    from core.serving import Resolver
     from tiers import remote
     from tiers.gguf_header import read_header, read_header_file
 

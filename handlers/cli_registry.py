@@ -33,8 +33,8 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     """Publish a GGUF: digests, header summary, blob upload, then the manifest."""
-    from core.references import parse_name_tag
-    from core.resolver import Resolver
+    from core.serving import parse_name_tag
+    from core.serving import Resolver
 
     registry = Resolver(settings).registry
     key = None
@@ -65,7 +65,7 @@ def _pull_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch a model into the local disk tiers, verified, with a progress bar."""
-    from core.store import pull
+    from core.serving import pull
 
     bar = ProgressBar(f"pull {args.model}")
     result = pull(settings, args.model,
@@ -79,7 +79,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_list_remote(args: argparse.Namespace, settings: Settings) -> int:
     """Models published in the registry."""
-    from core.resolver import Resolver
+    from core.serving import Resolver
 
     rows = [{"model": f"{m.name}:{m.tag}", "size": human_size(m.size),
              "quantization": m.gguf.file_type or "", "compression": m.compression,
@@ -104,14 +104,14 @@ def _rm_flags(p: argparse.ArgumentParser) -> None:
 def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     """Remove a model from the local tiers, or with --remote from the registry."""
     if args.remote:
-        from core.references import parse_name_tag
-        from core.resolver import Resolver
+        from core.serving import parse_name_tag
+        from core.serving import Resolver
 
         manifest, blob_gone = Resolver(settings).registry.remove(parse_name_tag(args.model))
         print(f"deleted {manifest.name}:{manifest.tag}"
               f"{' and its blob' if blob_gone else ' (blob kept: other tags use it)'}")
         return 0
-    from core.store import remove_local
+    from core.serving import remove_local
 
     print(f"removed {args.model} from {', '.join(remove_local(settings, args.model))}")
     return 0
@@ -158,7 +158,7 @@ def _server_cache(settings: Settings) -> dict[str, Any] | None:
 
 
 def _local_cache(settings: Settings) -> dict[str, Any]:
-    from core.store import build_loader, describe_tiers
+    from core.serving import build_loader, describe_tiers
 
     loader, _ = build_loader(settings)
     try:

@@ -4,9 +4,9 @@
 build their own. `uvicorn handlers.http:app` gets a module-level app that is built from
 the environment on first access (PEP 562), so importing this module stays cheap.
 
-Routes are thin: read the body (bounded), parse it with core.schemas, ask the service for
-an engine, stream its TokenEvents through core.responses. Errors of every kind are typed
-and rendered by one function (core.responses.error_body over core.errors.status_of).
+Routes are thin: read the body (bounded), parse it with core.openai.schemas, ask the service for
+an engine, stream its TokenEvents through core.openai.responses. Errors of every kind are typed
+and rendered by one function (core.openai.responses.error_body over core.errors.status_of).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core import metrics, responses, schemas
+from core import metrics
+from core.openai import responses, schemas
 from core.config import Settings, from_env
 from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
-from core.generation import Engine, GenerationRequest, TokenEvent
-from core.service import ModelService
+from core.serving import Engine, GenerationRequest, TokenEvent
+from core.serving import ModelService
 from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
                            read_json, unless_disconnected)
 from tiers.errors import StorageError
@@ -195,11 +196,11 @@ async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent
 
 
 def _grammar(decoding: schemas.Decoding) -> str | None:
-    """GBNF for response_format; core.grammar owns the JSON-schema translation."""
+    """GBNF for response_format; core.openai.grammar owns the JSON-schema translation."""
     fmt = decoding.response_format
     if fmt is None:
         return None
-    from core import grammar
+    from core.openai import grammar
 
     if fmt.type == "json_object":
         return grammar.from_response_format({"type": "json_object"})
@@ -256,8 +257,8 @@ def create_app(settings: Settings, service: ModelService, *,
 
 
 def build_service(settings: Settings) -> ModelService:
-    """The production ModelService (core.models), imported late to keep imports cheap."""
-    from core.models import ModelManager
+    """The production ModelService (core.serving.manager), imported late to keep imports cheap."""
+    from core.serving import ModelManager
 
     return ModelManager(settings)
 

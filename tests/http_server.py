@@ -2,7 +2,7 @@
 
 The server runs in a thread of the test process, so tests can also look at the engine's
 scheduler (to prove a disconnected stream was freed) and at core.metrics. The model
-service is the real one, core.models.ModelManager.
+service is the real one, core.serving.manager.ModelManager.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from core.config import Settings
-from core.models import ModelManager
+from core.serving.manager import ModelManager
 from handlers.http import serve_app
 
 API_KEY = "test-key-123"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core import chat
+from core.engine import chat_template as chat
 from core.errors import BadRequest
 
 CHATML_TEMPLATE = (
@@ -90,7 +90,7 @@ def test_invalid_messages_are_bad_requests(messages) -> None:
 
 def test_real_gemma_has_no_template_and_gets_the_gemma_fallback(gemma_path) -> None:
     from core.config import Settings
-    from core.engine import LlamaEngine
+    from core.engine.llama import LlamaEngine
 
     engine = LlamaEngine.load(str(gemma_path), name="gemma",
                               settings=Settings(threads=1, ctx=256, parallel=1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.detokenizer import TextStream, find_stop, held_back
+from core.engine.detokenizer import TextStream, find_stop, held_back
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:

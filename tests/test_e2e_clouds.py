@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from core.config import Settings
-from core.models import ModelManager
+from core.serving.manager import ModelManager
 from handlers import cli
 from tests.http_server import API_KEY, Server
 from tests.services import HttpRoot

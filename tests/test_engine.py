@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.engine import LlamaEngine
+from core.engine.llama import LlamaEngine
 from core.errors import BadRequest, ContextOverflow, QueueFull
-from core.generation import GenerationRequest, SamplingParams, TokenEvent
+from core.engine.protocol import GenerationRequest, SamplingParams, TokenEvent
 from tiers.errors import CorruptModel, ObjectNotFound
 
 STORY = "Once upon a time, in a small village by the sea, there lived"
@@ -271,7 +271,7 @@ def test_corrupt_gguf_is_corrupt_model(tmp_path, gemma_path, kind) -> None:
 OOM_CHILD = """
 import resource, sys
 from core.config import Settings
-from core.engine import LlamaEngine, _init_backend
+from core.engine.llama import LlamaEngine, _init_backend
 from core.errors import status_of
 _init_backend()
 status = [l for l in open("/proc/self/status") if l.startswith("VmSize")][0]

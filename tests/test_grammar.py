@@ -11,8 +11,8 @@ import pytest
 
 from core.config import Settings
 from core.errors import BadRequest
-from core.generation import GenerationRequest, SamplingParams
-from core.grammar import JSON_OBJECT_GBNF, from_response_format
+from core.engine.protocol import GenerationRequest, SamplingParams
+from core.openai.grammar import JSON_OBJECT_GBNF, from_response_format
 
 SCHEMA = {
     "type": "object",
@@ -55,7 +55,7 @@ def test_bad_response_formats_are_bad_requests(bad) -> None:
 
 @pytest.fixture(scope="module")
 def engine(gemma_path):
-    from core.engine import LlamaEngine
+    from core.engine.llama import LlamaEngine
 
     eng = LlamaEngine.load(str(gemma_path), name="gemma",
                            settings=Settings(threads=1, ctx=512, parallel=2))

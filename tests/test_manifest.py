@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core import manifest as mf
-from core.manifest import GGUFSummary, InvalidManifest, Manifest, TensorSpan, Variant
+from core.catalog import manifest as mf
+from core.catalog.manifest import GGUFSummary, InvalidManifest, Manifest, TensorSpan, Variant
 
 HEX = [f"{i:064x}" for i in range(1, 40)]
 

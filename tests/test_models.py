@@ -17,11 +17,11 @@ from core import metrics
 from core.config import Settings
 from core.errors import (InvalidReference, ModelNotFound, ModelUnavailable, OutOfMemory,
                          status_of)
-from core.generation import GenerationRequest, SamplingParams
-from core.models import ModelManager
-from core.references import parse_name_tag
-from core.registry import Registry
-from core.residency import Resident, footprint, to_unload
+from core.engine.protocol import GenerationRequest, SamplingParams
+from core.serving.manager import ModelManager
+from core.catalog.references import parse_name_tag
+from core.catalog.registry import Registry
+from core.serving.residency import Resident, footprint, to_unload
 from tiers.errors import IntegrityError, SourceUnavailable
 
 GREEDY = SamplingParams(temperature=0.0, seed=1)
@@ -179,11 +179,11 @@ def test_a_corrupted_blob_is_never_served(tmp_path, gemma_path):
 
 def test_swap_between_two_models_in_ram_never_touches_the_remote(tmp_path, pushed,
                                                                    monkeypatch):
-    import core.engine
+    import core.engine.llama
 
     files_loaded = []
-    load_file = core.engine.ll.llama_model_load_from_file
-    monkeypatch.setattr(core.engine.ll, "llama_model_load_from_file",
+    load_file = core.engine.llama.ll.llama_model_load_from_file
+    monkeypatch.setattr(core.engine.llama.ll, "llama_model_load_from_file",
                         lambda path, params: files_loaded.append(path) or
                         load_file(path, params))
 
@@ -429,7 +429,7 @@ class SmallMachine:
 
     def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
              parked=None):
-        from core.engine import LlamaEngine, load_failure
+        from core.engine.llama import LlamaEngine, load_failure
 
         size = os.path.getsize(path)
         self.calls.append((size, n_gpu_layers))
@@ -444,7 +444,7 @@ class SmallMachine:
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
         tmp_path, gemma_path, monkeypatch):
     from tests.smaller_gguf import with_fewer_blocks
-    import core.models
+    import core.serving.manager
     import tiers.vram
 
     registry = Registry(str(tmp_path / "registry"))
@@ -456,7 +456,7 @@ def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
     # then fails, as it would on a device shared with another process).
     monkeypatch.setattr(tiers.vram, "free_device_memory", lambda device=0: 1 << 30)
     machine = SmallMachine(limit=(big.size + small.size) // 2)
-    monkeypatch.setattr(core.models, "_engine_class", lambda: machine)
+    monkeypatch.setattr(core.serving.manager, "_engine_class", lambda: machine)
 
     async def main():
         manager = ModelManager(settings(tmp_path, registry=str(tmp_path / "registry"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InvalidReference, status_of
-from core.references import (DigestRef, FileRef, ObjectRef, RegistryRef, parse,
+from core.catalog.references import (DigestRef, FileRef, ObjectRef, RegistryRef, parse,
                              parse_name_tag)
 
 HEX = "0123456789abcdef" * 4

@@ -12,9 +12,9 @@ import pytest
 import zstandard
 
 from core.errors import ModelNotFound, status_of
-from core.manifest import layer_order
-from core.references import DigestRef, RegistryRef, parse_name_tag
-from core.registry import Registry, hash_file
+from core.catalog.manifest import layer_order
+from core.catalog.references import DigestRef, RegistryRef, parse_name_tag
+from core.catalog.registry import Registry, hash_file
 from tests.test_manifest import write_tiny_gguf
 from tiers.errors import CorruptModel
 
@@ -214,7 +214,7 @@ def test_cli_push_pull_cache_rm_round_trip(tmp_path, tiny, capsys, monkeypatch):
 @pytest.mark.parametrize("compress", ["none", "zstd"])
 def test_inspect_reads_only_the_header_of_a_registry_model(tmp_path, tiny, compress):
     from core.config import Settings
-    from core.store import read_header
+    from core.serving.cache_ops import read_header
     from tiers.gguf_header import read_header_file
 
     registry = Registry(str(tmp_path / "reg"), chunk_size=CHUNK)
@@ -228,8 +228,8 @@ def test_inspect_reads_only_the_header_of_a_registry_model(tmp_path, tiny, compr
 
 def test_signed_push_verifies_and_a_tampered_manifest_is_refused(registry, tiny, tmp_path,
                                                                   capsys):
-    from core import signing
-    from core.manifest import InvalidManifest
+    from core.catalog import signing
+    from core.catalog.manifest import InvalidManifest
     from handlers import cli
 
     private, public = signing.generate_key()
@@ -256,7 +256,7 @@ def test_signed_push_verifies_and_a_tampered_manifest_is_refused(registry, tiny,
 
 def test_variants_are_listed_largest_first_pinned_by_digest_and_refused_when_wrong(
         registry, tmp_path, capsys):
-    from core import signing
+    from core.catalog import signing
     from core.errors import BadRequest
     from handlers import cli
 

@@ -1,4 +1,4 @@
-"""core.responses: the byte-spliced SSE chunks must equal OpenAI's JSON shapes."""
+"""core.openai.responses: the byte-spliced SSE chunks must equal OpenAI's JSON shapes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import struct
 
 from core.errors import ContextOverflow, ModelUnavailable, QueueFull
-from core.generation import ModelInfo, TokenEvent
-from core.responses import (DONE, ChunkWriter, chat_completion, embeddings, error_body,
+from core.engine.protocol import ModelInfo, TokenEvent
+from core.openai.responses import (DONE, ChunkWriter, chat_completion, embeddings, error_body,
                             model_list, text_completion)
 from tiers.errors import IntegrityError
 

@@ -68,7 +68,7 @@ def test_sam_build_and_package_the_zip_functions(s3_bucket: str, tmp_path: Path)
     assert code == resources["StreamFunction"]["Properties"]["CodeUri"]  # one zip, two handlers
     function = zip_of(s3, code)
     names = set(function.namelist())
-    assert {"handlers/aws_lambda.py", "handlers/http.py", "core/engine.py", "run.sh"} <= names
+    assert {"handlers/aws_lambda.py", "handlers/http.py", "core/engine/llama.py", "run.sh"} <= names
     assert not [n for n in names if n.startswith((".venv", "node_modules", "tests/"))]
     assert (function.getinfo("run.sh").external_attr >> 16) & 0o111, "run.sh must be executable"
 

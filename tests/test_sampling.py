@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import BadRequest
-from core.generation import SamplingParams
-from core.sampling import PENALTY_LAST_N, RANDOM_SEED, chain_spec, validate
+from core.engine.protocol import SamplingParams
+from core.engine.sampling import PENALTY_LAST_N, RANDOM_SEED, chain_spec, validate
 
 
 def names(spec) -> list[str]:

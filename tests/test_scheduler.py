@@ -13,10 +13,10 @@ import pytest
 
 from core import metrics
 from core.config import Settings
-from core.engine import LlamaEngine, Stream
-from core.generation import GenerationRequest, SamplingParams
-from core.grammar import from_response_format
-from core.scheduler import common_prefix, retry_after_seconds
+from core.engine.llama import LlamaEngine, Stream
+from core.engine.protocol import GenerationRequest, SamplingParams
+from core.openai.grammar import from_response_format
+from core.engine.scheduler import common_prefix, retry_after_seconds
 
 # llama.cpp does not promise batch-invariant arithmetic: a batch of 8 takes other kernel
 # paths and summation orders than a batch of 1, so greedy decoding may flip between two

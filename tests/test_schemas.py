@@ -1,12 +1,12 @@
-"""core.schemas: OpenAI bodies -> typed requests; every refusal names its param."""
+"""core.openai.schemas: OpenAI bodies -> typed requests; every refusal names its param."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.errors import BadRequest
-from core.generation import SamplingParams
-from core.schemas import (ResponseFormat, load_json, parse_chat, parse_completion,
+from core.engine.protocol import SamplingParams
+from core.openai.schemas import (ResponseFormat, load_json, parse_chat, parse_completion,
                           parse_embeddings)
 
 LIMIT = 4096

@@ -8,7 +8,7 @@ import pytest
 
 from tiers.disk import DiskTier
 from tiers.ram import RamTier
-from tiers.spec import TierSpec, TierSpecError, build_tiers, parse_size, parse_tiers
+from tiers.tier_config import TierSpec, TierSpecError, build_tiers, parse_size, parse_tiers
 
 
 def test_the_documented_example() -> None:

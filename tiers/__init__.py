@@ -3,7 +3,7 @@
 tiers/ never imports core/. core/ converts its manifests into `BlobPlan`s and calls:
 
     from tiers.base import BlobPlan, TierStats
-    from tiers.spec import build_tiers           # STRATO_TIERS -> ([Tier], VramPlacer|None)
+    from tiers.tier_config import build_tiers           # STRATO_TIERS -> ([Tier], VramPlacer|None)
     from tiers.loader import Loader, ModelHandle, Progress
 
     tiers, vram = build_tiers("ram:4GiB,disk:/tmp/strato:8GiB")

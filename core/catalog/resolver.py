@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from core.config import Settings, default_cache_dir
 from core.errors import ModelNotFound
-from core.manifest import Manifest, to_blob_plan, validator
-from core.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse)
-from core.registry import Registry
+from core.catalog.manifest import Manifest, to_blob_plan, validator
+from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse)
+from core.catalog.registry import Registry
 from tiers.base import BlobPlan
 
 log = logging.getLogger("strato.models")
@@ -145,7 +145,7 @@ def publish_default(registry: Registry) -> Manifest:
     So the default path exercises the same manifest, chunk verification and tiers as
     any cloud registry: `make run` on a laptop is a real cold start, only closer.
     """
-    from core.default_model import default_model_path
+    from core.catalog.bundled import default_model_path
 
     path = default_model_path()
     log.info("publishing the bundled model %s as %s in %s", path, DEFAULT_REF, registry.root)

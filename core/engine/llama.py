@@ -1,8 +1,8 @@
 """`LlamaEngine`: one loaded GGUF served by a continuous-batching scheduler.
 
-The engine owns the llama.cpp model, one generation context (run by `core.scheduler`)
+The engine owns the llama.cpp model, one generation context (run by `core.engine.scheduler`)
 and, lazily, a separate embedding context. Handlers see only the `Engine` protocol of
-`core.generation`: an async stream of `TokenEvent`s per request.
+`core.engine.protocol`: an async stream of `TokenEvent`s per request.
 
 Admission happens at the first `__anext__` of `generate()` (or eagerly with `submit()`):
 that is where a prompt longer than the context raises `ContextOverflow` and a full queue
@@ -23,12 +23,12 @@ from typing import Any, AsyncIterator, Sequence as Seq
 
 import llama_cpp as ll
 
-from core import chat
+from core.engine import chat_template as chat
 from core.config import Settings
 from core.errors import BadRequest, ContextOverflow, OutOfMemory
-from core.generation import GenerationRequest, ModelInfo, TokenEvent
-from core.sampling import SamplerChain, validate
-from core.scheduler import Scheduler, Sequence
+from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
+from core.engine.sampling import SamplerChain, validate
+from core.engine.scheduler import Scheduler, Sequence
 from tiers.errors import CorruptModel, ObjectNotFound
 from tiers.vram import is_oom
 
@@ -164,7 +164,7 @@ class ParkedModel:
 
 
 class LlamaEngine:
-    """A loaded model; satisfies `core.generation.Engine`."""
+    """A loaded model; satisfies `core.engine.protocol.Engine`."""
 
     def __init__(self, path: str, name: str, settings: Settings, loaded: _Loaded,
                  info: ModelInfo) -> None:

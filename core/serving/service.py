@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from core.generation import Engine, ModelInfo
+from core.engine.protocol import Engine, ModelInfo
 
 
 class ModelService(Protocol):

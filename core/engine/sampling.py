@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import BadRequest
-from core.generation import SamplingParams
+from core.engine.protocol import SamplingParams
 
 # llama.cpp server default: penalties look at the last 64 tokens.
 PENALTY_LAST_N = 64

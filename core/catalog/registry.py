@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
-from core import signing
+from core.catalog import signing
 from core.errors import BadRequest, ModelNotFound
-from core.manifest import Manifest, Variant, header_summary, loads
-from core.references import DigestRef, RegistryRef
+from core.catalog.manifest import Manifest, Variant, header_summary, loads
+from core.catalog.references import DigestRef, RegistryRef
 from tiers import remote
 from tiers.errors import ObjectNotFound
 from tiers.gguf_header import read_header_file

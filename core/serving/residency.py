@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from core.generation import GenerationRequest, ModelInfo, TokenEvent
+from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from tiers.loader import ModelHandle
 
 KV_BYTES_PER_TOKEN_PER_LAYER = 4096   # f16 K+V at ~1k hidden: an overestimate for small models

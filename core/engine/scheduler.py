@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from core import metrics
-from core.detokenizer import TextStream
+from core.engine.detokenizer import TextStream
 from core.errors import ModelUnavailable, QueueFull
-from core.generation import FinishReason, GenerationRequest, TokenEvent
-from core.sampling import SamplerChain
+from core.engine.protocol import FinishReason, GenerationRequest, TokenEvent
+from core.engine.sampling import SamplerChain
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,19 @@
 """`ModelManager`: the ModelService behind every handler.
 
-A request's `model` goes: reference (core.references) -> Source (core.resolver: a
+A request's `model` goes: reference (core.catalog.references) -> Source (core.catalog.resolver: a
 manifest, a plain object or a local file) -> tiers.loader (fastest tier that has it, else
 the remote, verified) -> a local path -> `LlamaEngine.load` in a thread.
 
 Rules it keeps:
 - several models per server; another one is loaded alongside while the memory budget
-  allows, else the least recently used *idle* engines are unloaded (core.residency);
+  allows, else the least recently used *idle* engines are unloaded (core.serving.residency);
   an engine serving a stream is never closed under it;
 - loads run one at a time (two cores do not load two models faster than one); requests
   for a model that is loading wait for it, up to `load_timeout`, then get a 503;
 - a failed load is reported to whoever waited and logged; the engines already loaded
   keep serving;
 - every tier hit, miss, byte and eviction, the load time by source tier and the load
-  progress go to core.metrics; each access feeds the promotion policy (core.promotion).
+  progress go to core.metrics; each access feeds the promotion policy (core.serving.promotion).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 from core import metrics
 from core.config import Settings
 from core.errors import ModelUnavailable, OutOfMemory, StratoError
-from core.generation import Engine, ModelInfo
-from core.promotion import Promoter
-from core.references import DigestRef, Reference, RegistryRef
-from core.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
+from core.engine.protocol import Engine, ModelInfo
+from core.serving.promotion import Promoter
+from core.catalog.references import DigestRef, Reference, RegistryRef
+from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
                             to_unload)
-from core.resolver import Resolver, Source
-from core.store import build_loader, describe_tiers
+from core.catalog.resolver import Resolver, Source
+from core.serving.loader_setup import build_loader, describe_tiers
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
@@ -49,7 +49,7 @@ MAX_PARKED = 2   # parked models hold their vocabulary (tens of MB for a 262k vo
 
 @dataclass
 class _Parked:
-    """A parked llama.cpp model (core.engine.ParkedModel) and the RAM-tier pin that
+    """A parked llama.cpp model (core.engine.llama.ParkedModel) and the RAM-tier pin that
     keeps its bytes in place while it waits."""
 
     key: str
@@ -63,13 +63,13 @@ class _Parked:
 
 
 def _engine_class() -> Any:
-    from core.engine import LlamaEngine  # llama.cpp only where a model is loaded
+    from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
     return LlamaEngine
 
 
 class ModelManager:
-    """Implements core.service.ModelService. Create it inside or outside a running loop;
+    """Implements core.serving.service.ModelService. Create it inside or outside a running loop;
     every async method must then be called on one loop."""
 
     def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
@@ -410,7 +410,7 @@ class ModelManager:
     def _unload(self, key: str, *, park: bool = False) -> None:
         """Close `key`'s engine. With `park`, a model whose bytes are in the RAM tier
         keeps its llama.cpp model (and its tier pin) for a quick return: a swap back
-        then costs a context, not a reload (see core.engine.ParkedModel)."""
+        then costs a context, not a reload (see core.engine.llama.ParkedModel)."""
         entry = self._entries.pop(key, None)
         self._headers.pop(key, None)
         if entry is None:

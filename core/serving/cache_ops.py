@@ -11,49 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core import metrics
+from core.catalog.references import DigestRef, FileRef, Reference, RegistryRef
+from core.catalog.resolver import Resolver
 from core.config import Settings
 from core.errors import BadRequest, ModelNotFound
-from core.references import DigestRef, FileRef, Reference, RegistryRef
-from core.resolver import Resolver
+from core.serving.loader_setup import build_loader
 from tiers import remote
-from tiers.base import TierStats, describe
-from tiers.gguf_header import GGUFHeader, read_header as parse_header, read_header_file
 from tiers.fetch import Progress
-from tiers.loader import Loader
-from tiers.spec import TierSpecError, build_tiers
-
-
-_METRIC = {"hit": metrics.tier_hits_total, "miss": metrics.tier_misses_total,
-           "bytes": metrics.tier_bytes_total, "eviction": metrics.tier_evictions_total}
-
-
-def record_tier_event(kind: str, tier: str, value: float) -> None:
-    """TierStats sink: tiers/ reports, core/ owns the Prometheus names."""
-    _METRIC[kind].labels(tier=tier).inc(value)
-
-
-def build_loader(settings: Settings) -> tuple[Loader, Any]:
-    """(Loader over STRATO_TIERS, VramTier or None); a bad spec is a 400 at start-up."""
-    try:
-        tiers, vram = build_tiers(settings.tiers_spec())
-    except TierSpecError as exc:
-        raise BadRequest(f"STRATO_TIERS: {exc}") from None
-    return Loader(tiers, streams=settings.streams,
-                  stats=TierStats(sink=record_tier_event)), vram
-
-
-def describe_tiers(loader: Loader) -> list[dict[str, Any]]:
-    """Each tier with its entries (named by the model that brought them) and counters."""
-    stats = loader.stats.snapshot()
-    tiers = describe(loader.tiers)
-    for tier in tiers:
-        tier.update(stats.get(tier["name"], {"hits": 0, "misses": 0, "bytes_written": 0,
-                                             "evictions": 0}))
-        for entry in tier["entries"]:
-            entry["model"] = entry["meta"].get("name") or entry["meta"].get("source")
-            entry["meta"] = {k: v for k, v in entry["meta"].items() if k != "gguf"}
-    return tiers
+from tiers.gguf_header import GGUFHeader, read_header as parse_header, read_header_file
 
 
 @dataclass(frozen=True)

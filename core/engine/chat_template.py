@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from core.errors import BadRequest
-from core.schemas import parse_messages
+from core.openai.schemas import parse_messages
 
 
 def fallback_format(architecture: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from core.errors import BadRequest
-from core.generation import SamplingParams
+from core.engine.protocol import SamplingParams
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4  # OpenAI's limit; more would slow the per-token stop scan for nothing.
@@ -192,7 +192,7 @@ def _max_tokens(value: Any, param: str, limit: int) -> int | None:
 def parse_messages(messages: Any) -> tuple[dict[str, str], ...]:
     """Chat messages normalised to {"role", "content"[, "name"]} with text content.
 
-    The one message parser: the HTTP path and `core.chat.render` (direct callers of
+    The one message parser: the HTTP path and `core.engine.chat_template.render` (direct callers of
     the engine) both use it, so a message means the same thing wherever it enters.
     """
     if not isinstance(messages, (list, tuple)) or not messages:

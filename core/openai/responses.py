@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from core.errors import StratoError, status_of
-from core.generation import ModelInfo, TokenEvent
+from core.engine.protocol import ModelInfo, TokenEvent
 
 DONE = b"data: [DONE]\n\n"
 

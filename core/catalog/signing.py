@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from typing import Collection
 
-from core.manifest import InvalidManifest, Manifest, Signature
+from core.catalog.manifest import InvalidManifest, Manifest, Signature
 
 ALGORITHM = "ed25519"
 
