@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.engine.llama import LlamaEngine
+from core.engine.llama import LlamaEngine, is_oom
 from core.errors import BadRequest, ContextOverflow, QueueFull
 from core.engine.protocol import GenerationRequest, SamplingParams, TokenEvent
 from tiers.errors import CorruptModel, ObjectNotFound
@@ -294,3 +294,14 @@ def test_a_model_that_does_not_fit_is_out_of_memory_not_corrupt(gemma_path) -> N
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.startswith("OutOfMemory 503 "), out.stdout + out.stderr[-2000:]
     assert "out of memory (" in out.stdout          # with llama.cpp's own reason
+
+
+def test_oom_messages() -> None:
+    """llama.cpp's and its backends' wording for memory exhaustion, device and host."""
+    assert is_oom("CUDA error: out of memory")
+    assert is_oom("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 900 MiB on device 0: "
+                  "cudaMalloc failed")
+    assert is_oom("llama_model_load: error loading model: mmap failed: Cannot allocate memory")
+    assert is_oom("ggml_gallocr_reserve_n_impl: failed to allocate CPU buffer of size 269747200")
+    assert is_oom("llama_model_load: error loading model: std::bad_alloc")
+    assert not is_oom("failed to load model: invalid magic")

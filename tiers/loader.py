@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import blake3
 
 from tiers import remote
-from tiers.base import BlobPlan, Tier, TierStats
+from tiers.base import BlobPlan, Tier, TierStats, find_digests
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
@@ -94,8 +94,7 @@ class Loader:
         # would be a good part of a RAM-tier swap.
         self._headers: dict[str, GGUFHeader] = {}
         for tier in self.tiers:
-            if hasattr(tier, "on_evict"):
-                tier.on_evict = lambda digest, t=tier: self.stats.record("eviction", t.name)
+            tier.on_evict = lambda digest, t=tier: self.stats.record("eviction", t.name)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -110,11 +109,7 @@ class Loader:
         digest): a swap between cached models never touches the remote. Pass
         `revalidate=True` to `load` to compare size and ETag with the remote first.
         """
-        for tier in self.tiers:
-            for entry in tier.entries():
-                if entry.meta.get("source") == url:
-                    return entry.digest
-        return None
+        return next(iter(find_digests(self.tiers, sources=(url,))), None)
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:

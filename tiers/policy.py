@@ -21,7 +21,9 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from tiers.base import Tier
 
 WINDOW = 3600.0
 STATS_FILE = "policy.json"
@@ -125,9 +127,9 @@ class Policy:
         self.stats = self._load()
 
     @classmethod
-    def for_tiers(cls, tiers: Sequence[Any], config: PolicyConfig | None = None) -> "Policy":
+    def for_tiers(cls, tiers: Sequence[Tier], config: PolicyConfig | None = None) -> "Policy":
         """Stats file in the first persistent tier (none: history lives in memory)."""
-        root = next((Path(t.root) for t in tiers if getattr(t, "persistent", False)), None)
+        root = next((t.root for t in tiers if t.persistent and t.root is not None), None)
         return cls(config, root / STATS_FILE if root is not None else None)
 
     def _load(self) -> AccessStats:

@@ -26,7 +26,11 @@ class TierSpecError(ValueError):
 
 
 def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592 (binary units; a bare number is bytes)."""
+    """'8GiB' -> 8589934592 (binary units; a bare number is bytes).
+
+    The one size parser: STRATO_TIERS capacities and the byte-valued settings
+    (STRATO_CHUNK, STRATO_MAX_BODY) use it, so they accept the same spellings.
+    """
     m = _SIZE.match(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise TierSpecError(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")

@@ -35,6 +35,7 @@ from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, 
                             to_unload)
 from core.catalog.resolver import Resolver, Source
 from core.serving.loader_setup import build_loader, describe_tiers
+from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
@@ -158,8 +159,7 @@ class ModelManager:
         await asyncio.to_thread(self._drop_parked)
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
-            if hasattr(tier, "close"):
-                tier.close()
+            tier.close()
 
     # -- loading --------------------------------------------------------------------
 
@@ -302,11 +302,7 @@ class ModelManager:
             return self.resolver.local_plan(ref, digest)
 
     def _cached_digest(self, ref: RegistryRef) -> str | None:
-        for tier in self.loader.tiers:
-            for e in tier.entries():
-                if e.meta.get("name") == str(ref):
-                    return e.digest
-        return None
+        return next(iter(find_digests(self.loader.tiers, names=(str(ref),))), None)
 
     def _prefetch_bytes(self, key: str) -> None:
         """Promoter thread: bring a likely-next model's bytes into the tiers, no engine."""

@@ -13,8 +13,9 @@ in the way, the new load waits for one to go idle.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from tiers.loader import ModelHandle
@@ -131,10 +132,10 @@ class TrackedEngine:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self._engine.tokenize(text, add_bos)
 
-    def render_chat(self, messages: Sequence[dict]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self._engine.render_chat(messages)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         self._enter()
         inner = self._engine.generate(request)
         try:
