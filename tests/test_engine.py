@@ -16,17 +16,10 @@ from core.config import Settings
 from core.engine.llama import LlamaEngine, is_oom
 from core.errors import BadRequest, ContextOverflow, QueueFull
 from core.engine.protocol import GenerationRequest, SamplingParams, TokenEvent
+from tests.polling import async_wait_until
 from tiers.errors import CorruptModel, ObjectNotFound
 
 STORY = "Once upon a time, in a small village by the sea, there lived"
-
-
-@pytest.fixture(scope="module")
-def engine(gemma_path):
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=1, ctx=1024, parallel=2))
-    yield eng
-    eng.close()
 
 
 def run(engine: LlamaEngine, prompt: str, max_tokens: int = 24, **kw) -> list[TokenEvent]:
@@ -191,10 +184,7 @@ def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
         running = [s for s in engine.scheduler.slots() if s.busy]
         assert len(running) == 1 and running[0].cached_tokens > 0
         await agen.aclose()  # what a client disconnect does to the handler's generator
-        for _ in range(500):
-            if engine.scheduler.running() == 0:
-                break
-            await asyncio.sleep(0.01)
+        assert await async_wait_until(lambda: engine.scheduler.running() == 0)
         return running[0].id
 
     slot = asyncio.run(go())

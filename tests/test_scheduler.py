@@ -38,11 +38,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def engine(gemma_path):
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=1, ctx=4096, parallel=8))
-    yield eng
-    eng.close()
+def engine_settings() -> Settings:
+    """Eight slots and room for a 2,000-token prompt beside them (conftest's `engine`)."""
+    return Settings(threads=1, ctx=4096, parallel=8)
 
 
 async def collect(stream: Stream) -> tuple[str, list]:
