@@ -159,8 +159,12 @@ class Tier(Protocol):
     kind: str
     capacity: int
     persistent: bool
-    root: Path | None
     on_evict: Callable[[str], None] | None
+
+    @property
+    def root(self) -> Path | None:
+        """The directory the tier keeps its files in; None for one without (RAM)."""
+        ...
 
     def contains(self, digest: str) -> bool: ...
 
@@ -281,7 +285,7 @@ class PinCounts:
     loaded engine that reads from it, so two engines on one blob both keep it.
     """
 
-    def __init__(self, lock: Any) -> None:
+    def __init__(self, lock: threading.Lock | threading.RLock) -> None:
         self._lock = lock
         self._counts: Counter[str] = Counter()
 
