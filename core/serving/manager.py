@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import metrics
 from core.config import Settings
@@ -42,6 +42,9 @@ from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
 from tiers.vram import oom_attempts
 
+if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
+    from core.engine.llama import LlamaEngine, ParkedModel
+
 log = logging.getLogger("strato.models")
 
 
@@ -54,7 +57,7 @@ class _Parked:
     keeps its bytes in place while it waits."""
 
     key: str
-    model: Any
+    model: ParkedModel
     handle: ModelHandle
 
     def free(self) -> None:
@@ -63,7 +66,7 @@ class _Parked:
         self.handle.release()
 
 
-def _engine_class() -> Any:
+def _engine_class() -> type[LlamaEngine]:
     from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
     return LlamaEngine
