@@ -108,15 +108,6 @@ def prefetch_candidate(stats: AccessStats, after: str, config: PolicyConfig) -> 
     return best
 
 
-def promotion_target(holding: Sequence[bool], current: int) -> int | None:
-    """Index of the next faster tier that lacks the model, given `holding[i]` per tier
-    (fastest first) and the index it is served from; None when it is already fastest."""
-    for i in range(current - 1, -1, -1):
-        if not holding[i]:
-            return i
-    return None
-
-
 class Policy:
     """Access stats plus where they persist; thread-safe. I/O only in load/save."""
 
