@@ -132,7 +132,7 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_eight(engine, gemma_pat
                    f"top-2 logits margin alone = {margin:.4f}")
         if margin > NEAR_TIE:
             pytest.fail(message)
-        warnings.warn(message + " (a near-tie: batched float arithmetic)")
+        warnings.warn(message + " (a near-tie: batched float arithmetic)", stacklevel=1)
 
 
 def test_cancelled_stream_frees_its_slot_for_the_next_request(gemma_path) -> None:

@@ -21,6 +21,7 @@ calls it through `asyncio.to_thread`, and callbacks run on the loader's thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -181,7 +182,7 @@ class Loader:
             return ModelHandle(path=path, digest=digest, size=use.size_of(digest),
                                source=self.tiers[i].name, tier=use.name,
                                seconds=time.monotonic() - start, header=header,
-                               _release=lambda: use.unpin(digest))
+                               _release=functools.partial(use.unpin, digest))
         return None
 
     # -- promotion ----------------------------------------------------------------------
