@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -82,7 +83,13 @@ def test_cpuid_and_cpuinfo_agree_on_this_host() -> None:
     assert {"avx2", "fma", "f16c"} <= glibc
 
 
-def test_apply_leaves_an_operators_lib_path_alone(monkeypatch) -> None:
+@pytest.fixture
+def fresh(monkeypatch) -> None:
+    """apply() as in a process that has not loaded llama_cpp yet."""
+    monkeypatch.delitem(sys.modules, "llama_cpp.llama_cpp", raising=False)
+
+
+def test_apply_leaves_an_operators_lib_path_alone(monkeypatch, fresh) -> None:
     monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "/opt/cuda-build/lib")
     monkeypatch.delenv("STRATO_CPU_VARIANT_LIB_PATH", raising=False)
     monkeypatch.setenv(cv.ENV_VARIANT, "portable")
@@ -90,7 +97,12 @@ def test_apply_leaves_an_operators_lib_path_alone(monkeypatch) -> None:
     assert os.environ["LLAMA_CPP_LIB_PATH"] == "/opt/cuda-build/lib"
 
 
-def test_apply_decides_afresh_in_a_child_of_strato(monkeypatch) -> None:
+def test_apply_too_late_says_so(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", object())
+    assert cv.apply().variant == cv.TOO_LATE
+
+
+def test_apply_decides_afresh_in_a_child_of_strato(monkeypatch, fresh) -> None:
     """A child inherits the parent's LLAMA_CPP_LIB_PATH and the mark that strato set it."""
     monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "/parent/choice")
     monkeypatch.setenv("STRATO_CPU_VARIANT_LIB_PATH", "/parent/choice")
@@ -114,7 +126,12 @@ def probe(model: Path, *, variant: str | None = None, prefix: tuple[str, ...] = 
         child[cv.ENV_VARIANT] = variant
     return subprocess.run([*prefix, sys.executable, "-m", "tests.cpu_variant_probe",
                            str(model), "2"], cwd=ROOT, env=child, capture_output=True,
-                          text=True, timeout=1800)
+                          text=True, timeout=1800, preexec_fn=no_core_dump, check=False)
+
+
+def no_core_dump() -> None:
+    """qemu writes a guest's core (hundreds of MB) into the working directory otherwise."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def result(done: subprocess.CompletedProcess) -> dict:
@@ -189,21 +206,29 @@ def haswell(avx512_dir) -> tuple[str, ...]:
     return (qemu, "-cpu", "Haswell")
 
 
-def test_avx2_only_cpu_runs_the_portable_build(gemma_path, haswell) -> None:
-    run = result(probe(gemma_path, prefix=haswell))
+@pytest.fixture(scope="module")
+def small_gemma(gemma_path, tmp_path_factory) -> Path:
+    """Gemma with 2 of its 18 blocks: emulated, the full model needs twice the CPU time."""
+    from tests.smaller_gguf import with_fewer_blocks
+
+    return with_fewer_blocks(gemma_path, tmp_path_factory.mktemp("qemu") / "gemma-2.gguf", 2)
+
+
+def test_avx2_only_cpu_runs_the_portable_build(small_gemma, haswell) -> None:
+    run = result(probe(small_gemma, prefix=haswell))
     assert run["variant"] == cv.PORTABLE
     assert "lacks avx512" in run["reason"] and "features from cpuid" in run["reason"]
     assert_loaded_from(run, wheel_lib_dir())
     assert run["completion_tokens"] == 2 and run["text"].strip()
 
 
-def test_avx2_only_cpu_refuses_a_forced_avx512(gemma_path, haswell) -> None:
-    done = probe(gemma_path, variant="avx512", prefix=haswell)
+def test_avx2_only_cpu_refuses_a_forced_avx512(small_gemma, haswell) -> None:
+    done = probe(small_gemma, variant="avx512", prefix=haswell)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "CpuVariantError: STRATO_CPU_VARIANT=avx512 but this CPU lacks avx512" in done.stderr
 
 
-def test_avx512_build_on_avx2_only_cpu_dies_of_sigill(gemma_path, haswell, avx512_dir) -> None:
+def test_avx512_build_on_avx2_only_cpu_dies_of_sigill(small_gemma, haswell, avx512_dir) -> None:
     """The control: bypassing the choice must crash, or the emulated CPU proves nothing."""
-    done = probe(gemma_path, prefix=haswell, LLAMA_CPP_LIB_PATH=str(avx512_dir))
+    done = probe(small_gemma, prefix=haswell, LLAMA_CPP_LIB_PATH=str(avx512_dir))
     assert done.returncode == -signal.SIGILL, f"rc={done.returncode}\n{done.stderr[-2000:]}"

@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ _LLAMA_ENV = "LLAMA_CPP_LIB_PATH"
 PORTABLE = "portable"
 AVX512 = "avx512"
 EXTERNAL = "external"
+TOO_LATE = "too-late"
 REQUESTS = ("auto", PORTABLE, AVX512)
 
 # What the AVX-512 build executes, in /proc/cpuinfo's spelling; keep in step with
@@ -73,7 +75,7 @@ class CpuVariantError(RuntimeError):
 class Choice:
     """The decision: `lib_dir` None means the wheel's own llama_cpp/lib."""
 
-    variant: str          # portable | avx512 | external
+    variant: str          # portable | avx512 | external | too-late
     lib_dir: Path | None
     reason: str
 
@@ -153,6 +155,9 @@ def installed_avx512_dir() -> Path | None:
 def apply() -> Choice:
     """Decide and point LLAMA_CPP_LIB_PATH at the choice; call before importing llama_cpp."""
     current = os.environ.get(_LLAMA_ENV)
+    if "llama_cpp.llama_cpp" in sys.modules:  # imported elsewhere first: its libraries stay
+        return Choice(TOO_LATE, Path(current) if current else None,
+                      "llama_cpp was imported before core.engine.cpu_variant")
     if current and current != os.environ.get(_ENV_MARK):
         return Choice(EXTERNAL, Path(current), f"{_LLAMA_ENV} set by the environment")
     flags, source = cpu_flags()
@@ -168,4 +173,5 @@ def apply() -> Choice:
 
 
 CHOICE = apply()
-log.info("llama.cpp CPU variant: %s (%s)", CHOICE.variant, CHOICE.reason)
+log.log(logging.WARNING if CHOICE.variant == TOO_LATE else logging.INFO,
+        "llama.cpp CPU variant: %s (%s)", CHOICE.variant, CHOICE.reason)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence as Seq
 
-from core.engine import cpu_variant  # noqa: F401  (picks the llama.cpp build; before llama_cpp)
+from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
 
 from core.engine import chat_template as chat
