@@ -130,7 +130,7 @@ def cpuinfo_flags(text: str) -> frozenset[str]:
 def cpu_flags() -> tuple[frozenset[str], str]:
     """The executing CPU's features and where they came from."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return frozenset(), platform.machine()
+        return frozenset(), f"none: {platform.machine()} is not x86_64"
     flags = glibc_cpu_flags()
     if flags is not None:
         return flags, "cpuid"
