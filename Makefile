@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .venv-tools
 # Portable llama.cpp: -march=native crashes in ggml's AMX kernel on some hosts, AVX-512 is
-# absent on others (SIGILL on AMD EPYC machines here), and a Lambda layer must run on any
-# x86_64 anyway: AVX2 + FMA + F16C only (the flags live in one script for every build).
+# absent on others (SIGILL there), and a Lambda layer must run on any x86_64 anyway:
+# AVX2 + FMA + F16C only (the flags live in one script for every build).
 LLAMA_VERSION := 0.3.36
 # A second build of llama.cpp's libraries with AVX-512 (x86_64, default flags only: a
 # CMAKE_ARGS of your own, CUDA say, gets no AVX-512 copy that would shadow it), installed
