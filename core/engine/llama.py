@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
 
 from core.engine import chat_template as chat
