@@ -134,7 +134,7 @@ class Resolver:
     def local_plan(self, ref: Reference, digest: str) -> Source:
         """A Source for a blob already in a local tier: no registry read at all."""
         url = self.registry.url(f"blobs/blake3/{digest}")
-        return Source(str(ref), getattr(ref, "name", str(ref)),
+        return Source(str(ref), ref.name,
                       plan=BlobPlan(url=url, digest=digest, chunk_size=self.settings.chunk,
                                     name=str(ref)))
 
