@@ -50,6 +50,16 @@ load_throughput_bytes = Gauge("strato_load_throughput_bytes_per_second",
                               registry=REGISTRY)
 
 
+def reset() -> None:
+    """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a
+    new environment, and the snapshot's counts belong to the one that was snapshotted."""
+    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - no public list
+        if hasattr(collector, "_metrics"):
+            collector.clear()                # labelled: drop every child
+        else:
+            collector._metric_init()         # noqa: SLF001 - unlabelled: fresh values
+
+
 def render() -> bytes:
     """Prometheus text exposition of every strato metric."""
     return generate_latest(REGISTRY)
