@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.catalog.bundled import default_model_path  # noqa: E402
-from tests.lambda_runtime import Function, RuntimeApi, lambda_env  # noqa: E402
-from tests.test_lambda_managed import pss_kib  # noqa: E402
+from core.catalog.bundled import default_model_path
+from tests.lambda_runtime import Function, RuntimeApi, lambda_env
+from tests.test_lambda_managed import pss_kib
 
 WORKERS = 4
 TOKENS = 64

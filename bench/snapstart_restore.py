@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.catalog.bundled import default_model_path  # noqa: E402
-from tests.counting_store import CountingStore  # noqa: E402
-from tests.lambda_runtime import Function, RuntimeApi, lambda_env  # noqa: E402
+from core.catalog.bundled import default_model_path
+from tests.counting_store import CountingStore
+from tests.lambda_runtime import Function, RuntimeApi, lambda_env
 
 CHAT = json.dumps({"messages": [{"role": "user", "content": "Say hello in one word."}],
                    "max_tokens": 8, "temperature": 0})

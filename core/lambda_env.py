@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from core.config import Settings
 from core.errors import BadRequest

@@ -53,11 +53,11 @@ load_throughput_bytes = Gauge("strato_load_throughput_bytes_per_second",
 def reset() -> None:
     """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a
     new environment, and the snapshot's counts belong to the one that was snapshotted."""
-    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - no public list
+    for collector in list(REGISTRY._collector_to_names):   # no public list of collectors
         if hasattr(collector, "_metrics"):
             collector.clear()                # labelled: drop every child
         else:
-            collector._metric_init()         # noqa: SLF001 - unlabelled: fresh values
+            collector._metric_init()         # unlabelled: fresh values
 
 
 def render() -> bytes:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -50,9 +49,9 @@ from mangum import Mangum
 
 from core import lambda_env
 from core import metrics as prometheus
-from core.config import from_env
+from core.config import Settings, from_env
 from core.lambda_env import Mode
-from core.serving import Engine
+from core.serving import Engine, ModelService
 from handlers import snapstart
 from handlers.http import Completed, build_service, create_app
 
@@ -74,17 +73,15 @@ def record(done: Completed) -> None:
                        value=done.completion_tokens)
 
 
-def _init() -> tuple[Any, Any, asyncio.AbstractEventLoop, float, str | None]:
+def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
     """Settings, service and the default model (see the module docstring for how long
     init waits), on the loop every invocation will use."""
-    started = time.perf_counter()
     settings = lambda_env.with_mode_defaults(from_env(), MODE)
     lambda_env.check(settings, MODE)
     logger.info("strato init", extra={"settings": settings.public(), "mode": MODE.value})
     service = build_service(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    error = None
     if service.default_model is not None:
         load = loop.create_task(service.engine(None))
         load.add_done_callback(_loaded)
@@ -94,13 +91,10 @@ def _init() -> tuple[Any, Any, asyncio.AbstractEventLoop, float, str | None]:
         if not load.done():
             logger.info("init budget reached; the model loads on and the first request "
                         "waits for it", extra={"budget": budget, "model": service.default_model})
-        elif load.exception() is not None:
-            if MODE is Mode.SNAPSTART:
-                raise load.exception()          # init error through the Runtime API
-            exc = load.exception()
-            error = f"{type(exc).__name__}: {exc}"
+        elif load.exception() is not None and MODE is Mode.SNAPSTART:
+            raise load.exception()              # init error through the Runtime API
     prometheus.cold_starts_total.inc()
-    return settings, service, loop, time.perf_counter() - started, error
+    return settings, service, loop
 
 
 def _loaded(task: asyncio.Task[Engine]) -> None:
@@ -129,7 +123,7 @@ def after_restore() -> None:
 
 
 MODE = lambda_env.detect()
-settings, service, loop, init_seconds, init_error = _init()
+settings, service, loop = _init()
 app = create_app(settings, service, observer=record)
 _asgi = Mangum(app, lifespan="off")
 if MODE is Mode.SNAPSTART:

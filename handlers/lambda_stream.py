@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from handlers import snapstart
 
@@ -44,7 +45,7 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, A
             facts = await snapstart.before_snapshot(service)
         else:
             facts = snapstart.after_restore(service)
-    except Exception as exc:  # noqa: BLE001 - a non-2xx fails the phase, by design
+    except Exception as exc:
         log.exception("SnapStart hook %s failed", scope["path"])
         await _reply(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
         return

@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "/2018-06-01/runtime"
@@ -304,10 +305,12 @@ class Function:
                 return line
 
 
-def events(function: Function) -> Iterator[Lifecycle]:
-    """Lifecycle events that are already queued (non-blocking)."""
+
+def drain(api: RuntimeApi) -> list[Lifecycle]:
+    """Lifecycle events already queued (no wait)."""
+    out = []
     while True:
         try:
-            yield function.api.lifecycle.get_nowait()
+            out.append(api.lifecycle.get_nowait())
         except queue.Empty:
-            return
+            return out

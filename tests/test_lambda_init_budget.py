@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.counting_store import counting_store  # noqa: F401 - fixture
+from tests.counting_store import counting_store as _fixture  # noqa: F401 - registers it
 from tests.lambda_runtime import Function, RuntimeApi, lambda_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.counting_store import counting_store  # noqa: F401 - fixture
-from tests.lambda_runtime import Function, RuntimeApi, lambda_env
+from tests.counting_store import counting_store as _fixture  # noqa: F401 - registers it
+from tests.lambda_runtime import Function, RuntimeApi, drain, lambda_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = json.dumps({"messages": [{"role": "user", "content": "Name a colour."}],
@@ -73,7 +73,7 @@ def test_restored_process_serves_from_the_snapshot(gemma_path: Path, counting_st
         # Reset at restore: the fetch and load belong to the snapshotted environment.
         assert "strato_load_seconds_count" not in text
         assert "strato_cold_starts_total 1.0" in text
-        assert not any(e.kind.endswith("error") for e in _drain(api))
+        assert not any(e.kind.endswith("error") for e in drain(api))
     finally:
         function.kill()
         api.close()
@@ -92,14 +92,6 @@ def test_a_model_that_fails_to_load_fails_the_snapshot_init(tmp_path: Path) -> N
     finally:
         function.kill()
         api.close()
-
-
-def _drain(api: RuntimeApi) -> list[Any]:
-    out = []
-    while not api.lifecycle.empty():
-        out.append(api.lifecycle.get_nowait())
-    return out
-
 
 
 def test_stream_function_hook_routes(gemma_path: Path) -> None:
@@ -142,6 +134,8 @@ def test_stream_function_hook_routes(gemma_path: Path) -> None:
 
 def _wait_ready(client: Any, proc: Any) -> None:
     """Poll /ready as the adapter does, until 200; fail if the server exits."""
+    import subprocess
+
     import httpx
 
     while proc.poll() is None:
@@ -152,6 +146,6 @@ def _wait_ready(client: Any, proc: Any) -> None:
             pass
         try:
             proc.wait(timeout=0.2)      # wakes at once if the server dies
-        except Exception:  # noqa: BLE001 - still running: poll again
-            pass
+        except subprocess.TimeoutExpired:
+            continue                    # still starting: ask again
     raise AssertionError(f"server exited with {proc.returncode}")
