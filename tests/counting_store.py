@@ -78,8 +78,8 @@ class CountingStore:
         self.server.server_close()
 
 
-@pytest.fixture
-def counting_store(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(name="counting_store")
+def counting_store_fixture(tmp_path: Path) -> Iterator[Any]:
     """Factory: counting_store(rate=None) -> CountingStore over a fresh directory."""
     made: list[CountingStore] = []
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.counting_store import counting_store as _fixture  # noqa: F401 - registers it
+from tests.counting_store import counting_store_fixture  # noqa: F401 - the fixture
 from tests.lambda_runtime import Function, RuntimeApi, lambda_env
 
 ROOT = Path(__file__).resolve().parent.parent

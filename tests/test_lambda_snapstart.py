@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.counting_store import counting_store as _fixture  # noqa: F401 - registers it
+from tests.counting_store import counting_store_fixture  # noqa: F401 - the fixture
 from tests.lambda_runtime import Function, RuntimeApi, drain, lambda_env
 
 ROOT = Path(__file__).resolve().parent.parent
