@@ -8,6 +8,7 @@ the same events also go to EMF through Powertools in handlers/aws_lambda.py.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -54,10 +55,12 @@ def reset() -> None:
     """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a
     new environment, and the snapshot's counts belong to the one that was snapshotted."""
     for collector in list(REGISTRY._collector_to_names):   # no public list of collectors
-        if hasattr(collector, "_metrics"):
+        if not isinstance(collector, MetricWrapperBase):
+            continue
+        if collector._labelnames:
             collector.clear()                # labelled: drop every child
         else:
-            collector._metric_init()         # unlabelled: fresh values
+            collector._metric_init()  # type: ignore[no-untyped-call]  # unlabelled: anew
 
 
 def render() -> bytes:

@@ -91,8 +91,8 @@ def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
         if not load.done():
             logger.info("init budget reached; the model loads on and the first request "
                         "waits for it", extra={"budget": budget, "model": service.default_model})
-        elif load.exception() is not None and MODE is Mode.SNAPSTART:
-            raise load.exception()              # init error through the Runtime API
+        elif (exc := load.exception()) is not None and MODE is Mode.SNAPSTART:
+            raise exc                           # init error through the Runtime API
     prometheus.cold_starts_total.inc()
     return settings, service, loop
 
@@ -118,7 +118,7 @@ def after_restore() -> None:
     """SnapStart, in each environment restored from the snapshot."""
     facts = snapstart.after_restore(service)
     metrics.clear_metrics()
-    cold_start.reset_cold_start_flag()
+    cold_start.reset_cold_start_flag()  # type: ignore[no-untyped-call]
     logger.info("restored", extra=facts)
 
 
@@ -127,10 +127,10 @@ settings, service, loop = _init()
 app = create_app(settings, service, observer=record)
 _asgi = Mangum(app, lifespan="off")
 if MODE is Mode.SNAPSTART:
-    from snapshot_restore_py import register_after_restore, register_before_snapshot
+    import snapshot_restore_py  # type: ignore[import-untyped]
 
-    register_before_snapshot(before_snapshot)
-    register_after_restore(after_restore)
+    snapshot_restore_py.register_before_snapshot(before_snapshot)
+    snapshot_restore_py.register_after_restore(after_restore)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -63,7 +63,7 @@ async def _warm(engine: Engine) -> None:
             if event.finish_reason is not None:
                 break
     finally:
-        await gen.aclose()  # type: ignore[attr-defined]
+        await gen.aclose()
 
 
 def rng_fingerprint() -> str:
