@@ -42,7 +42,7 @@ class Settings:
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
     prefetch_threshold: float = 0.5          # STRATO_PREFETCH_THRESHOLD
     n_gpu_layers: int | None = None          # STRATO_GPU_LAYERS: None = computed
-    # Lambda (handlers/aws_lambda.py, core/lambda_env.py): seconds of process age after
+    # Lambda (handlers/aws_lambda.py, handlers/lambda_modes.py): seconds of process age after
     # which an on-demand init returns and lets the model load on; 0 waits for the load.
     init_budget: float = 8.0                 # STRATO_INIT_BUDGET
     # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory):

@@ -2,7 +2,7 @@
 
 Lambda runs this module under its runtime interface client (`python -m awslambdaric
 handlers.aws_lambda.handler`); importing it is the init phase. Init reads and checks
-the settings for the mode Lambda started it in (core.lambda_env: a setting the mode
+the settings for the mode Lambda started it in (handlers.lambda_modes: a setting the mode
 cannot run fails init, reported through the Runtime API), builds the model service and
 loads the default model. Init is billed like an invocation on every kind of function
 (on-demand init too, since August 2025), so loading here costs the same as loading in
@@ -47,10 +47,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.provider import cold_start
 from mangum import Mangum
 
-from core import lambda_env
+from handlers import lambda_modes as lambda_env
 from core import metrics as prometheus
 from core.config import Settings, from_env
-from core.lambda_env import Mode
+from handlers.lambda_modes import Mode
 from core.serving import Engine, ModelService
 from handlers import snapstart
 from handlers.http import Completed, build_service, create_app

@@ -1,7 +1,7 @@
 """template.yaml's Lambda modes: SnapStart and Managed Instances, rendered as CloudFormation
 would (tests/cfn_template.py), with the template's Rules evaluated for the parameter sets
 a user could pick: what SnapStart forbids is refused with its message, and each mode's
-tier defaults are what core.lambda_env accepts at init."""
+tier defaults are what handlers.lambda_modes accepts at init."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from core.lambda_env import Mode, problems
+from handlers.lambda_modes import Mode, problems
 from tests.cfn_template import Renderer, load
 
 ROOT = Path(__file__).resolve().parent.parent
