@@ -9,7 +9,7 @@ is why everything here is plain data with no llama.cpp types in it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol, Sequence
+from typing import Any, AsyncIterator, Literal, Protocol, Sequence
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -74,7 +74,13 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[dict]) -> str: ...
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens` (special tokens spelled out); BadRequest for an unknown id."""
+        ...
+
+    def render_chat(self, messages: Sequence[dict], tools: Sequence[Any] = ()) -> str:
+        """The prompt for chat messages; `tools` are core.openai.tools.Tool values."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Stream tokens. Closing the iterator early (client gone) frees the sequence."""

@@ -10,7 +10,7 @@ module stays cheap for the Lambda handler.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.errors import BadRequest
 
@@ -83,3 +83,32 @@ def from_response_format(response_format: Any) -> str | None:
         return schema_to_gbnf(schema) if schema else JSON_OBJECT_GBNF
     raise BadRequest(f"response_format.type must be text, json_object or json_schema, "
                      f"got {kind!r}", param="response_format.type")
+
+
+def tool_calls_gbnf(functions: Sequence[tuple[str, Mapping[str, Any]]], *, open_tag: str,
+                    close_tag: str, max_calls: int) -> str:
+    """GBNF for 1..max_calls tool calls, each `open_tag\\n{json}\\nclose_tag` where the
+    JSON is `{"name": <one of the names>, "arguments": <per that function's schema>}`.
+
+    Each parameters schema's `$ref`s are resolved against that schema alone, as it is
+    its own document. A schema the converter cannot handle is a 400 on `tools`, through
+    the same path as an unsupported json_schema.
+    """
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False,
+                                dotall=False, raw_pattern=False)
+    try:
+        calls = [{"type": "object", "required": ["name", "arguments"], "properties": {
+            "name": {"const": name},
+            "arguments": converter.resolve_refs(json.loads(json.dumps(params)),
+                                                f"tools-{i}")}}
+            for i, (name, params) in enumerate(functions)]
+        call = converter.visit({"oneOf": calls}, "tool-call")
+    except (ValueError, KeyError, TypeError, AssertionError, RecursionError,
+            NotImplementedError) as exc:
+        raise BadRequest(f"unsupported tool parameters schema: {exc}",
+                         param="tools") from None
+    block = f'{json.dumps(open_tag)} "\\n" {call} "\\n" {json.dumps(close_tag)}'
+    more = f' ("\\n" {block}){{0,{max_calls - 1}}}' if max_calls > 1 else ""
+    return f"root ::= {block}{more}\n{converter.format_grammar()}"
