@@ -95,11 +95,14 @@ class Api:
         engine = await unless_disconnected(request, self.service.engine(body.model))
         spec = body.tools if body.tools is not None and body.tools.active else None
         prompt = engine.render_chat(body.messages, spec.tools if spec else ())
+        forced = tools.forced_call(spec)
         parser = OutputParser(spec.names() if spec else None,
-                              in_think=prompt_opens_think(prompt))
-        return await self._generate(request, "chat", engine, prompt, body.decoding,
-                                    arrived, echo="", parser=parser,
-                                    tool_grammar=tools.grammar_for(spec))
+                              in_think=prompt_opens_think(prompt),
+                              prefix=forced.prefix if forced else "")
+        return await self._generate(request, "chat", engine,
+                                    prompt + (forced.prefix if forced else ""),
+                                    body.decoding, arrived, echo="", parser=parser,
+                                    tool_grammar=forced.grammar if forced else None)
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()

@@ -135,25 +135,56 @@ def test_tojson_is_hugging_faces() -> None:
 
 def test_forced_call_grammar_names_only_callable_tools() -> None:
     other = {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"$defs_user": {"$ref": "#/$defs/Zone"}},
+        "type": "object", "properties": {"zone": {"$ref": "#/$defs/Zone"}},
         "$defs": {"Zone": {"type": "string", "enum": ["UTC", "CET"]}}}}}
-    required = parse(tools=[WEATHER, other], tool_choice="required").tools
-    gbnf = tools.grammar_for(required)
-    assert gbnf.startswith('root ::= "<tool_call>" "\\n" tool-call "\\n" "</tool_call>"')
-    assert "{0,7}" in gbnf and '"get_weather' in gbnf and "get_time" in gbnf
-    assert '"UTC' in gbnf  # the $ref resolved against its own tool's schema
-    named = parse(tools=[WEATHER, other], parallel_tool_calls=False,
-                  tool_choice={"type": "function", "function": {"name": "get_time"}}).tools
-    gbnf = tools.grammar_for(named)
-    assert "get_weather" not in gbnf and "{0," not in gbnf
-    assert tools.grammar_for(parse(tools=[WEATHER]).tools) is None  # auto: unconstrained
+    required = tools.forced_call(parse(tools=[WEATHER, other], tool_choice="required").tools)
+    assert required.prefix == '<tool_call>\n{"name": '
+    assert required.grammar.startswith(
+        'root ::= first-call ("\\n" tool-call){0,7}\nfirst-call ::= ("\\"get_weather\\", '
+        '\\"arguments\\": " tool-0-arguments | "\\"get_time\\", \\"arguments\\": " '
+        'tool-1-arguments) "}\\n</tool_call>"\n')
+    assert 'tool-1-Zone ::= "\\"UTC\\"" | "\\"CET\\""' in required.grammar  # own $defs
+    named = tools.forced_call(parse(
+        tools=[WEATHER, other], tool_choice={"type": "function",
+                                             "function": {"name": "get_time"}}).tools)
+    assert named.prefix == '<tool_call>\n{"name": "get_time", "arguments": '
+    assert named.grammar.startswith(
+        'root ::= first-call\nfirst-call ::= tool-0-arguments "}\\n</tool_call>"\n')
+    assert "get_weather" not in named.grammar
+    assert tools.forced_call(parse(tools=[WEATHER]).tools) is None  # auto: unconstrained
+
+
+def test_a_prefilled_call_parses_as_if_the_model_wrote_it() -> None:
+    clock = {"type": "function", "function": {"name": "get_time"}}
+    for choice, rest in [("required", '"get_weather", "arguments": {"city": "Paris"}}\n'
+                                      '</tool_call>'),
+                         ({"type": "function", "function": {"name": "get_weather"}},
+                          '{"city": "Paris"}}\n</tool_call>')]:
+        spec = parse(tools=[WEATHER, clock], tool_choice=choice).tools
+        forced = tools.forced_call(spec)
+        parser = OutputParser(spec.names(), prefix=forced.prefix, call_id=lambda: "call_x")
+        out = collect([d for c in rest for d in parser.feed(c)] + parser.finish())
+        assert out.content is None and out.tool_calls == [{
+            "id": "call_x", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+
+
+def test_same_named_defs_of_two_tools_stay_apart() -> None:
+    def tool(name, zones):
+        return {"type": "function", "function": {"name": name, "parameters": {
+            "type": "object", "properties": {"z": {"$ref": "#/definitions/Z"}},
+            "definitions": {"Z": {"enum": zones}}}}}
+    gbnf = tools.forced_call(parse(tools=[tool("f", ["UTC"]), tool("g", ["CET"])],
+                                   tool_choice="required").tools).grammar
+    assert 'tool-0-Z ::= "\\"UTC\\""' in gbnf and 'tool-1-Z ::= "\\"CET\\""' in gbnf
 
 
 def test_forced_call_grammar_loads_in_llama_cpp() -> None:
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    spec = parse(tools=[WEATHER], tool_choice="required").tools
-    LlamaGrammar.from_string(tools.grammar_for(spec), verbose=False)
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        forced = tools.forced_call(parse(tools=[WEATHER], tool_choice=choice).tools)
+        LlamaGrammar.from_string(forced.grammar, verbose=False)
 
 
 # --- output --------------------------------------------------------------------------

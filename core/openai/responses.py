@@ -4,6 +4,8 @@ Plain dicts and bytes, no web framework: the HTTP handler, the Lambda handler (t
 the same app) and the CLI all render the same shapes. Per-token work is one
 `json.dumps` of the token text spliced between pre-encoded halves of the chunk, so a
 stream adds microseconds per token, not a dict build and a full serialisation.
+`system_fingerprint` is left out: OpenAI's schema makes it a string when present, and
+strato has no backend fingerprint to give.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ def chat_completion(*, id: str, created: int, model: str, output: Collected,
                     last: TokenEvent) -> dict[str, Any]:
     return {
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "system_fingerprint": None,
         "choices": [{"index": 0, "message": chat_message(output),
                      "logprobs": None,
                      "finish_reason": finish_reason(last, bool(output.tool_calls))}],
@@ -75,7 +76,6 @@ def text_completion(*, id: str, created: int, model: str, text: str,
                     last: TokenEvent) -> dict[str, Any]:
     return {
         "id": id, "object": "text_completion", "created": created, "model": model,
-        "system_fingerprint": None,
         "choices": [{"index": 0, "text": text, "logprobs": None,
                      "finish_reason": finish_reason(last)}],
         "usage": usage(last.prompt_tokens, last.completion_tokens),
@@ -100,8 +100,7 @@ class ChunkWriter:
 
     def __post_init__(self) -> None:
         head = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat"
-                else "text_completion", "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+                else "text_completion", "created": self.created, "model": self.model}
         self._head = json.dumps(head, separators=(",", ":"))[:-1].encode()
         if self.kind == "chat":
             self._token_open = self._head + b',"choices":[{"index":0,"delta":{"content":'

@@ -55,10 +55,12 @@ class OutputParser:
     """Incremental splitter; one per choice. `tool_names` None means no tool parsing."""
 
     def __init__(self, tool_names: frozenset[str] | None = None, *, in_think: bool = False,
-                 call_id: Callable[[], str] = new_call_id) -> None:
+                 prefix: str = "", call_id: Callable[[], str] = new_call_id) -> None:
+        """`prefix`: text the prompt already wrote for the model (a forced call's start,
+        core.openai.tools.ForcedCall), parsed as if the model had written it."""
         self._names, self._call_id = tool_names, call_id
         self._state = "think" if in_think else "start"
-        self._buf = ""
+        self._buf = prefix
         self._calls = 0
         self._scan: _ValueScanner | None = None
         self._lstrip = False
@@ -76,7 +78,7 @@ class OutputParser:
 
     def finish(self) -> list[Delta]:
         """Flush what was held back: the output ended (stop, length)."""
-        out: list[Delta] = []
+        out = self.feed("")
         buf, self._buf = self._buf, ""
         if self._state == "think":
             self._emit(out, "reasoning", buf)

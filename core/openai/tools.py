@@ -18,7 +18,7 @@ tool-tuned GGUFs): a call is a JSON object with the name first, between tags::
   plain text turns.
 
 `tool_choice` `required` or a named function constrains sampling with a GBNF grammar
-built from the tools' JSON schemas (`call_grammar`), so the name is one of the tools
+built from the tools' JSON schemas (`forced_call`), so the name is one of the tools
 and the arguments parse and validate on any model; `auto` lets the model choose, and
 `core.openai.tool_output` finds the calls in what it wrote. `none` leaves the tools out
 of the prompt and the output unparsed.
@@ -37,6 +37,9 @@ from typing import Any, Mapping, Sequence
 from core.errors import BadRequest
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# One call, as format_call writes it (json.dumps's separators): CALL_OPEN "name" ARGS_SEP
+# {arguments} CALL_CLOSE. The grammar for forced calls is built from the same pieces.
+CALL_OPEN, ARGS_SEP, CALL_CLOSE = OPEN + '\n{"name": ', ', "arguments": ', "}\n" + CLOSE
 MAX_FORCED_CALLS = 8  # a forced turn with parallel calls ends after this many
 
 
@@ -199,7 +202,7 @@ def parse_tool_calls(raw: Any, param: str) -> list[dict[str, Any]]:
 
 def template_knows_tools(template: str | None) -> bool:
     """Whether a chat template renders tools in the Hermes format we parse."""
-    return bool(template) and "tools" in template and OPEN in template  # type: ignore[operator]
+    return template is not None and "tools" in template and OPEN in template
 
 
 def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -268,9 +271,8 @@ def generic_instructions(tools: Sequence[Tool]) -> str:
 
 def format_call(name: str, arguments: str) -> str:
     """A call as the model writes it (the name first: `tool_output` streams on that)."""
-    args = _json_or_text(arguments)
-    return (f"{OPEN}\n" + json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
-            + f"\n{CLOSE}")
+    args = json.dumps(_json_or_text(arguments), ensure_ascii=False)
+    return f"{CALL_OPEN}{json.dumps(name, ensure_ascii=False)}{ARGS_SEP}{args}{CALL_CLOSE}"
 
 
 def _json_or_text(arguments: str) -> Any:
@@ -283,20 +285,39 @@ def _json_or_text(arguments: str) -> Any:
 # --- grammar ---------------------------------------------------------------------------
 
 
-def call_grammar(spec: ToolSpec) -> str:
-    """GBNF for what a forced turn may sample: one call (or, with parallel calls, up to
-    MAX_FORCED_CALLS) to one of the callable tools, arguments per its schema."""
+def call_grammar(spec: ToolSpec, prefilled: str = "") -> str:
+    """GBNF for what a forced turn may sample: calls to the callable tools, arguments
+    per their schemas (`prefilled`: see core.openai.grammar.tool_calls_gbnf). A named
+    function is called once (what clients that name one, instructor's TOOLS mode,
+    LangChain's bind_tools, read back: small models otherwise repeat the call until
+    max_tokens); `required` with parallel calls allows up to MAX_FORCED_CALLS."""
     from core.openai import grammar
 
     functions = [(t.name, dict(t.parameters or {"type": "object"}))
                  for t in spec.callable()]
-    return grammar.tool_calls_gbnf(functions, open_tag=OPEN, close_tag=CLOSE,
-                                   max_calls=MAX_FORCED_CALLS if spec.parallel else 1)
+    many = spec.parallel and spec.choice == "required"
+    return grammar.tool_calls_gbnf(functions, call_open=CALL_OPEN, args_sep=ARGS_SEP,
+                                   call_close=CALL_CLOSE, prefilled=prefilled,
+                                   max_calls=MAX_FORCED_CALLS if many else 1)
 
 
-def grammar_for(spec: ToolSpec | None) -> str | None:
-    """The grammar a request's tools impose: only forced calls are constrained."""
+@dataclass(frozen=True)
+class ForcedCall:
+    """How a forced turn runs: `prefix` is appended to the prompt (the start of the
+    first call, which the grammar would force anyway: as prompt it costs one batch
+    instead of a sampled, grammar-checked step per token) and `grammar` constrains the
+    rest. The output parser is given the prefix back (`OutputParser(prefix=...)`)."""
+
+    prefix: str
+    grammar: str
+
+
+def forced_call(spec: ToolSpec | None) -> ForcedCall | None:
+    """The prefix and grammar a request's tools impose; None unless a call is forced."""
     if spec is None or not spec.forced:
         return None
-    return call_grammar(spec)
-
+    callable_ = spec.callable()
+    if len(callable_) == 1:
+        return ForcedCall(CALL_OPEN + json.dumps(callable_[0].name) + ARGS_SEP,
+                          call_grammar(spec, "name"))
+    return ForcedCall(CALL_OPEN, call_grammar(spec, "open"))
