@@ -31,7 +31,7 @@ backend = (OpenAIResponsesModel if api == "responses" else OpenAIChatCompletions
 agent = Agent(name="weather", instructions="Answer weather questions with the tool.",
               tools=[get_weather], model=backend, tool_use_behavior="stop_on_first_tool",
               model_settings=ModelSettings(tool_choice="required", temperature=0,
-                                           max_tokens=60))
+                                           parallel_tool_calls=False, max_tokens=60))
 result = Runner.run_sync(agent, "What is the weather like in Tokyo?")
 assert len(calls) == 1 and result.final_output == f"21 C in {calls[0]}", \
     (calls, result.final_output)
