@@ -70,6 +70,8 @@ class OutputParser:
         return self._calls
 
     def feed(self, text: str) -> list[Delta]:
+        if self._state == "text" and self._names is None and not self._lstrip:
+            return [Delta("content", text)] if text else []  # plain chat: per-token path
         self._buf += text
         out: list[Delta] = []
         while self._step(out):
