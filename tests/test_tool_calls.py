@@ -22,7 +22,8 @@ import pytest
 from tests import smollm2
 from tests.chat_templates import HERMES, THINK
 from tests.http_server import (API_KEY, Server, make_service, server,  # noqa: F401 (fixture)
-                               settings_for, wait_until)
+                               settings_for)
+from tests.polling import wait_until
 from tests.openapi_check import check
 
 PARAMS = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],

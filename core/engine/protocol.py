@@ -9,7 +9,8 @@ is why everything here is plain data with no llama.cpp types in it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Protocol, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -78,12 +79,13 @@ class Engine(Protocol):
         """Text of `tokens` (special tokens spelled out); BadRequest for an unknown id."""
         ...
 
-    def render_chat(self, messages: Sequence[dict], tools: Sequence[Any] = ()) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] = ()) -> str:
         """The prompt for chat messages; `tools` are core.openai.tools.Tool values."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream tokens. Closing the iterator early (client gone) frees the sequence."""
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
+        """Stream tokens. Closing the generator early (`aclose()`, client gone) frees the
+        sequence; callers close it in a `finally`, hence a generator, not an iterator."""
         ...
 
     async def embed(self, inputs: Sequence[str]) -> tuple[list[list[float]], int]:
