@@ -218,6 +218,8 @@ class LlamaEngine:
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        if settings.repack is not None:      # off: weights stay in the shared mapping
+            mparams.use_extra_bufts = settings.repack
         _recent.lines = []
         try:
             model = parked.take(path, n_gpu_layers) if parked is not None else None
