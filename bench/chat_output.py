@@ -47,5 +47,5 @@ if __name__ == "__main__":
     base = per_token_us(plain)
     print(f"ChunkWriter.token alone: {base:.2f} us/token")
     for label, names in (("parser, no tools", None), ("parser, tools", frozenset({"f"}))):
-        cost = per_token_us(lambda: parsed(names))
+        cost = per_token_us(lambda names=names: parsed(names))
         print(f"{label}: {cost:.2f} us/token ({cost / base:.1f}x)")

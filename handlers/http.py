@@ -24,14 +24,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core import metrics
-from core.openai import responses, schemas, tokenize, tools
-from core.openai.tool_output import OutputParser, collect, prompt_opens_think
 from core.config import Settings, from_env
 from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
-from core.serving import Engine, GenerationRequest, TokenEvent
-from core.serving import ModelService
-from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
-                           read_json, unless_disconnected)
+from core.openai import responses, schemas, tokenize, tools
+from core.openai.tool_output import OutputParser, collect, prompt_opens_think
+from core.serving import Engine, GenerationRequest, ModelService, TokenEvent
+from handlers.asgi import (
+    ClientGone,
+    EventStream,
+    Gate,
+    JSONResponse,
+    error_response,
+    read_json,
+    unless_disconnected,
+)
 from tiers.errors import StorageError
 
 log = logging.getLogger("strato.http")

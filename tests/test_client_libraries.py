@@ -25,28 +25,35 @@ pytestmark = pytest.mark.skipif(not PYTHON.exists(),
                                 reason=".venv-clients is absent: run `make clients`")
 
 
-def run(script: str, server: Server, *extra: str) -> str:
+@pytest.fixture(scope="module")
+def target(server: Server) -> tuple[str, str]:  # noqa: F811 (the shared server fixture)
+    """The server's /v1 URL and its model id."""
     import httpx
 
     model = httpx.get(f"{server.url}/v1/models", timeout=60,
                       headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"][0]["id"]
+    return f"{server.url}/v1", model
+
+
+def run(script: str, target: tuple[str, str], *extra: str) -> str:
+    url, model = target
     with tempfile.TemporaryDirectory() as home:  # whatever a library caches stays here
-        proc = subprocess.run([str(PYTHON), str(SCRIPTS / script), f"{server.url}/v1",
-                               API_KEY, model, *extra], capture_output=True, text=True,
-                              timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": home})
+        proc = subprocess.run([str(PYTHON), str(SCRIPTS / script), url, API_KEY, model,
+                               *extra], capture_output=True, text=True, timeout=600,
+                              env={"PATH": "/usr/bin:/bin", "HOME": home})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
 
 
-def test_instructor_json_schema_and_tools_modes(server: Server) -> None:
-    out = run("instructor_modes.py", server)
+def test_instructor_json_schema_and_tools_modes(target: tuple[str, str]) -> None:
+    out = run("instructor_modes.py", target)
     assert "JSON_SCHEMA {" in out and "TOOLS {" in out
 
 
-def test_langchain_structured_output_and_bind_tools(server: Server) -> None:
-    out = run("langchain_tools.py", server)
+def test_langchain_structured_output_and_bind_tools(target: tuple[str, str]) -> None:
+    out = run("langchain_tools.py", target)
     assert "json_schema {" in out and "function_calling {" in out and "bind_tools {" in out
 
 
-def test_agents_sdk_calls_its_function_tool(server: Server) -> None:
-    assert run("agents_sdk.py", server).startswith("chat 21 C in ")
+def test_agents_sdk_calls_its_function_tool(target: tuple[str, str]) -> None:
+    assert run("agents_sdk.py", target).startswith("chat 21 C in ")

@@ -6,11 +6,18 @@ import base64
 import json
 import struct
 
-from core.errors import ContextOverflow, ModelUnavailable, QueueFull
 from core.engine.protocol import ModelInfo, TokenEvent
+from core.errors import ContextOverflow, ModelUnavailable, QueueFull
+from core.openai.responses import (
+    DONE,
+    ChunkWriter,
+    chat_completion,
+    embeddings,
+    error_body,
+    model_list,
+    text_completion,
+)
 from core.openai.tool_output import Collected
-from core.openai.responses import (DONE, ChunkWriter, chat_completion, embeddings, error_body,
-                            model_list, text_completion)
 from tiers.errors import IntegrityError
 
 

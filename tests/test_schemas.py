@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
-from core.openai.schemas import (ResponseFormat, load_json, parse_chat, parse_completion,
-                          parse_embeddings)
+from core.errors import BadRequest
+from core.openai.schemas import (
+    ResponseFormat,
+    load_json,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+)
 
 LIMIT = 4096
 MSG = [{"role": "user", "content": "hi"}]

@@ -21,10 +21,15 @@ import pytest
 
 from tests import smollm2
 from tests.chat_templates import HERMES, THINK
-from tests.http_server import (API_KEY, Server, make_service, server,  # noqa: F401 (fixture)
-                               settings_for)
-from tests.polling import wait_until
+from tests.http_server import (  # noqa: F401 (server: the shared fixture)
+    API_KEY,
+    Server,
+    make_service,
+    server,
+    settings_for,
+)
 from tests.openapi_check import check
+from tests.polling import wait_until
 
 PARAMS = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
           "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Tokyo"]},
@@ -95,7 +100,8 @@ class Models:
 
 
 @pytest.fixture(scope="module")
-def at(server: Server, smol_server: Server, models: dict[str, str]) -> Models:
+def at(server: Server, smol_server: Server,  # noqa: F811 (the shared server fixture)
+       models: dict[str, str]) -> Models:
     return Models(server, smol_server, models)
 
 

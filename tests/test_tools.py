@@ -13,7 +13,6 @@ from core.errors import BadRequest
 from core.openai import schemas, tools
 from core.openai.responses import ChunkWriter
 from core.openai.tool_output import OutputParser, collect, prompt_opens_think
-
 from tests.chat_templates import HERMES, THINK
 
 WEATHER = {"type": "function", "function": {

@@ -102,10 +102,11 @@ def tool_calls_gbnf(functions: Sequence[tuple[str, Mapping[str, Any]]], *, call_
     own, as it is its own document. A schema the converter cannot handle is a 400 on
     `tools`, the path an unsupported json_schema takes.
     """
-    from llama_cpp.llama_grammar import SchemaConverter
+    import llama_cpp.llama_grammar as llama_grammar
 
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False,
-                                raw_pattern=False)
+    schema_converter: Any = llama_grammar.SchemaConverter  # it carries no type hints
+    converter = schema_converter(prop_order={}, allow_fetch=False, dotall=False,
+                                 raw_pattern=False)
     branches, arguments = [], []
     try:
         for i, (name, params) in enumerate(functions):

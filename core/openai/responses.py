@@ -18,8 +18,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from core.errors import StratoError, status_of
 from core.engine.protocol import ModelInfo, TokenEvent
+from core.errors import StratoError, status_of
 from core.openai.tool_output import Collected, Delta
 
 DONE = b"data: [DONE]\n\n"

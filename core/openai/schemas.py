@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
+from core.errors import BadRequest
 from core.openai import tools as tool_specs
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})

@@ -8,8 +8,15 @@ Run by tests/test_client_libraries.py in .venv-clients: python agents_sdk.py URL
 import sys
 from typing import Literal
 
-from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, OpenAIResponsesModel,
-                    Runner, function_tool, set_tracing_disabled)
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
 from openai import AsyncOpenAI
 
 url, key, model = sys.argv[1:4]
