@@ -310,38 +310,38 @@ def test_tokenize_refuses_bad_input(at: Models, path: str, body: dict[str, Any],
 
 def test_tools_and_tokenize_through_the_lambda_handler(models: dict[str, str],
                                                        tmp_path: Path) -> None:
-    """The same app behind Mangum: a forced call and /tokenize from HTTP API v2 events
-    (tests/lambda_driver.py plays a fresh sandbox), on SmolLM2's own template."""
+    """The same app as Lambda runs it (`python -m awslambdaric`, tests/lambda_runtime.py):
+    a forced call and /tokenize from HTTP API v2 events, on SmolLM2's own template."""
     import base64
-    import os
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parent.parent
-    event = json.loads((root / "events" / "http-v2-chat.json").read_text())
-    tokenize = {**event, "rawPath": "/tokenize",
-                "requestContext": {**event["requestContext"],
-                                   "http": {**event["requestContext"]["http"],
-                                            "path": "/tokenize"}}}
-    (tmp_path / "tokenize.json").write_text(json.dumps(tokenize))
-    call = json.dumps({"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED,
-                       "temperature": 0, "max_tokens": 60})
-    args = [f"{root / 'events' / 'http-v2-chat.json'}::body={call}",
-            f"{tmp_path / 'tokenize.json'}::body={json.dumps({'content': 'Hello'})}"]
-    env = {**os.environ, "STRATO_MODEL": models["smollm2"], "STRATO_CTX": "512",
-           "STRATO_PARALLEL": "1", "STRATO_THREADS": "2", "POWERTOOLS_TRACE_DISABLED": "1",
-           "AWS_LAMBDA_FUNCTION_NAME": "strato-test", "AWS_DEFAULT_REGION": "us-east-1",
-           "STRATO_TIERS": f"ram:1GiB,disk:{tmp_path / 'tiers'}:2GiB"}
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.lambda_driver", str(out), *args],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    from tests.lambda_runtime import Function, RuntimeApi, lambda_env
+
+    def event(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.loads((Path(__file__).parent.parent / "events" / "http-v2-chat.json")
+                          .read_text())
+        data["rawPath"] = data["requestContext"]["http"]["path"] = path
+        data["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+        data["isBase64Encoded"] = True
+        return data
+
+    api = RuntimeApi()
+    function = Function(api, lambda_env(api, extra={
+        "STRATO_MODEL": models["smollm2"], "STRATO_CTX": "512", "STRATO_PARALLEL": "1",
+        "STRATO_THREADS": "2", "STRATO_TIERS": f"ram:1GiB,disk:{tmp_path / 'tiers'}:2GiB"}))
+    try:
+        function.start()
+        answers = [function.invoke(event("/v1/chat/completions", {
+                       "messages": ASK, "tools": [WEATHER], "tool_choice": NAMED,
+                       "temperature": 0, "max_tokens": 60})),
+                   function.invoke(event("/tokenize", {"content": "Hello"}))]
+    finally:
+        function.kill()
+        api.close()
     bodies = []
-    for result in json.loads(out.read_text())["results"]:
-        response = result["response"]
-        assert response["statusCode"] == 200, response
-        raw = response["body"]
-        bodies.append(json.loads(base64.b64decode(raw) if response.get("isBase64Encoded")
+    for got in answers:
+        assert got.ok and got.body["statusCode"] == 200, got.body
+        raw = got.body["body"]
+        bodies.append(json.loads(base64.b64decode(raw) if got.body.get("isBase64Encoded")
                                  else raw))
     message = check(bodies[0], "CreateChatCompletionResponse")["choices"][0]["message"]
     assert_valid_calls(message["tool_calls"], [WEATHER])
