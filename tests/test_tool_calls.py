@@ -346,3 +346,26 @@ def test_tools_and_tokenize_through_the_lambda_handler(models: dict[str, str],
     message = check(bodies[0], "CreateChatCompletionResponse")["choices"][0]["message"]
     assert_valid_calls(message["tool_calls"], [WEATHER])
     assert bodies[1]["tokens"] and all(isinstance(t, int) for t in bodies[1]["tokens"])
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def test_strato_run_renders_the_models_own_template(at: Models, tmp_path: Path) -> None:
+    """`strato run` on SmolLM2 (its own ChatML template, not a fallback) answers what
+    the HTTP API answers for the same greedy request."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "STRATO_CTX": "1024", "STRATO_PARALLEL": "1",
+           "STRATO_THREADS": "2", "STRATO_TIERS": f"ram:1GiB,disk:{tmp_path}:2GiB"}
+    cli = subprocess.run([sys.executable, "-m", "handlers.cli", "run", at.paths["smollm2"],
+                          "Name a colour.", "--max-tokens", "6", "--temperature", "0"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    http = at.post("smollm2", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 6,
+        "temperature": 0}).json()["choices"][0]["message"]["content"]
+    assert cli.stdout.strip() == http.strip() != ""
