@@ -33,7 +33,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint tools clients models bench clean system-packages
+.PHONY: install run test lint lint-python tools clients models bench clean system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -115,7 +115,7 @@ tools: $(TOOLS)/.installed
 # manifest (kubernetes-validate: it has no Knative schema and only warns; infra/lint.py
 # validates the pod template strictly as a core/v1 Pod), and a parse/shape check of
 # every other YAML, TOML and JSON deployment file; events/ must be what generate.sh makes.
-lint: $(TOOLS)/.installed
+lint: lint-python $(TOOLS)/.installed
 	$(TOOLS)/bin/cfn-lint template.yaml
 	$(SAM) validate --lint --template-file template.yaml
 	$(TOOLS)/bin/hadolint $(DOCKERFILES)
@@ -123,6 +123,12 @@ lint: $(TOOLS)/.installed
 	$(TOOLS)/bin/python infra/lint.py
 	tmp=$$(mktemp -d) && SAM=$(CURDIR)/$(TOOLS)/bin/sam PY=$(CURDIR)/$(TOOLS)/bin/python bash events/generate.sh $$tmp \
 		&& diff -r -x generate.sh events $$tmp; status=$$?; rm -rf $$tmp; exit $$status
+
+# The Python source: ruff (pyflakes, bugbear, isort) and mypy (strict on core/ and tiers/),
+# both from .venv so mypy sees the project's dependencies. Configured in pyproject.toml.
+lint-python: $(VENV)/.installed
+	$(BIN)/ruff check core tiers handlers tests bench infra
+	$(BIN)/mypy
 
 # Regenerate the Lambda test events in events/ with `sam local generate-event`.
 .PHONY: events

@@ -38,7 +38,6 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 import httpx  # noqa: E402
-
 from common import ServerProcess, StreamResult, free_port, log, percentile, stream_completion  # noqa: E402
 from report import render  # noqa: E402
 

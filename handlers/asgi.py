@@ -18,8 +18,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
-from core.openai import responses, schemas
 from core.errors import PayloadTooLarge, Unauthorized
+from core.openai import responses, schemas
 
 T = TypeVar("T")
 

@@ -47,13 +47,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.provider import cold_start
 from mangum import Mangum
 
-from handlers import lambda_modes as lambda_env
 from core import metrics as prometheus
 from core.config import Settings, from_env
-from handlers.lambda_modes import Mode
 from core.serving import Engine, ModelService
+from handlers import lambda_modes as lambda_env
 from handlers import snapstart
 from handlers.http import Completed, build_service, create_app
+from handlers.lambda_modes import Mode
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "strato")
 

@@ -33,8 +33,7 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     """Publish a GGUF: digests, header summary, blob upload, then the manifest."""
-    from core.serving import parse_name_tag
-    from core.serving import Resolver
+    from core.serving import Resolver, parse_name_tag
 
     registry = Resolver(settings).registry
     key = None
@@ -104,8 +103,7 @@ def _rm_flags(p: argparse.ArgumentParser) -> None:
 def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     """Remove a model from the local tiers, or with --remote from the registry."""
     if args.remote:
-        from core.serving import parse_name_tag
-        from core.serving import Resolver
+        from core.serving import Resolver, parse_name_tag
 
         manifest, blob_gone = Resolver(settings).registry.remove(parse_name_tag(args.model))
         print(f"deleted {manifest.name}:{manifest.tag}"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -178,7 +179,7 @@ class Api:
         return JSONResponse(responses.text_completion(
             id=rid, created=created, model=model, text=echo + text, last=last))
 
-    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncIterator[TokenEvent],
+    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncGenerator[TokenEvent, None],
                    event: TokenEvent, decoding: schemas.Decoding, ttft: float,
                    echo: str, parser: OutputParser | None) -> AsyncIterator[bytes]:
         """SSE bytes for one stream; the finally closes the engine's generator."""
@@ -211,7 +212,7 @@ class Api:
             # Headers are gone; OpenAI's clients raise on an SSE event carrying "error".
             yield responses.sse(responses.error_body(exc)[1])
         finally:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
 
     def _max_tokens(self, engine: Engine, prompt: str, decoding: schemas.Decoding) -> int:
         """The request's max_tokens, or "until the context is full" (chat's default):

@@ -14,8 +14,8 @@ import pytest
 
 from core.config import Settings
 from core.engine.llama import LlamaEngine, is_oom
-from core.errors import BadRequest, ContextOverflow, QueueFull
 from core.engine.protocol import GenerationRequest, SamplingParams, TokenEvent
+from core.errors import BadRequest, ContextOverflow, QueueFull
 from tests.polling import async_wait_until
 from tiers.errors import CorruptModel, ObjectNotFound
 

@@ -16,8 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.http_server import (API_KEY, Server, make_service, server,  # noqa: F401
-                               settings_for, wait_until)
+from tests.http_server import API_KEY, Server, make_service, server, settings_for, wait_until  # noqa: F401
 
 # One client with a patient timeout: two shared cores make a 5 s default flaky.
 http = httpx.Client(timeout=300)

@@ -9,8 +9,8 @@ import json
 import jsonschema
 import pytest
 
-from core.errors import BadRequest
 from core.engine.protocol import GenerationRequest, SamplingParams
+from core.errors import BadRequest
 from core.openai.grammar import JSON_OBJECT_GBNF, from_response_format
 
 SCHEMA = {

@@ -11,7 +11,6 @@ import openai
 import pytest
 
 from core import metrics
-
 from tests.http_server import API_KEY, Server, server, wait_until  # noqa: F401 (fixture)
 
 # One client with a patient timeout: two shared cores make a 5 s default flaky.

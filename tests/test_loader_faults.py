@@ -17,8 +17,14 @@ import pytest
 from tests.tiny_gguf import digest, plan_for, write_tiny_gguf
 from tiers.base import BlobPlan
 from tiers.disk import DiskTier
-from tiers.errors import (CorruptModel, DiskFull, IntegrityError, ObjectNotFound,
-                          SourceUnavailable, TierFull)
+from tiers.errors import (
+    CorruptModel,
+    DiskFull,
+    IntegrityError,
+    ObjectNotFound,
+    SourceUnavailable,
+    TierFull,
+)
 from tiers.loader import REMOTE, Loader
 from tiers.ram import RamTier
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from core import metrics
-from core.config import Settings
-from core.errors import (InvalidReference, ModelNotFound, ModelUnavailable, OutOfMemory,
-                         status_of)
-from core.engine.protocol import GenerationRequest, SamplingParams
-from core.serving.manager import ModelManager
 from core.catalog.references import parse_name_tag
 from core.catalog.registry import Registry
+from core.config import Settings
+from core.engine.protocol import GenerationRequest, SamplingParams
+from core.errors import InvalidReference, ModelNotFound, ModelUnavailable, OutOfMemory, status_of
+from core.serving.manager import ModelManager
 from core.serving.residency import Resident, footprint, to_unload
 from tests.polling import async_wait_until
 from tiers.errors import IntegrityError, SourceUnavailable
@@ -433,9 +432,9 @@ class SmallMachine:
 
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
         tmp_path, gemma_path, monkeypatch):
-    from tests.smaller_gguf import with_fewer_blocks
     import core.serving.manager
     import tiers.vram
+    from tests.smaller_gguf import with_fewer_blocks
 
     registry = Registry(str(tmp_path / "registry"))
     big = registry.push(str(gemma_path), parse_name_tag("gemma3:270m")).manifest

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiers.disk import DiskTier
-from tiers.policy import (AccessStats, Policy, PolicyConfig, prefetch_candidate,
-                          should_promote)
+from tiers.policy import AccessStats, Policy, PolicyConfig, prefetch_candidate, should_promote
 from tiers.ram import RamTier
 
 CFG = PolicyConfig(promote_per_hour=5, prefetch_threshold=0.5, min_transitions=2)

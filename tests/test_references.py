@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from core.catalog.references import (
+    DigestRef,
+    FileRef,
+    ObjectRef,
+    RegistryRef,
+    parse,
+    parse_name_tag,
+)
 from core.errors import InvalidReference, status_of
-from core.catalog.references import (DigestRef, FileRef, ObjectRef, RegistryRef, parse,
-                             parse_name_tag)
 
 HEX = "0123456789abcdef" * 4
 

@@ -11,10 +11,10 @@ import blake3
 import pytest
 import zstandard
 
-from core.errors import ModelNotFound, status_of
 from core.catalog.manifest import layer_order
 from core.catalog.references import DigestRef, RegistryRef, parse_name_tag
 from core.catalog.registry import Registry, hash_file
+from core.errors import ModelNotFound, status_of
 from tests.test_manifest import write_tiny_gguf
 from tiers.errors import CorruptModel, StorageError
 

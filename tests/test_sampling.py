@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
 from core.engine.sampling import PENALTY_LAST_N, RANDOM_SEED, chain_spec, validate
+from core.errors import BadRequest
 
 
 def names(spec) -> list[str]:

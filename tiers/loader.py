@@ -315,7 +315,7 @@ class Loader:
                     try:
                         sink.finish(lambda off, n: os.pread(fd, n, off), digest, meta)
                         self.stats.record("bytes", tier.name, size)
-                    except Exception as exc:  # noqa: BLE001 - the served copy is fine
+                    except Exception as exc:  # the served copy is fine
                         log.warning("could not persist %s in %s: %s", digest[:12], tier.name,
                                     exc)
             finally:

@@ -142,7 +142,7 @@ def translated(url: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except BaseException as exc:  # noqa: BLE001 - re-raised typed below
+    except BaseException as exc:  # re-raised typed below
         if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         if _is_not_found(exc):
@@ -281,8 +281,8 @@ def _gcs_composite(fs: Any, local: str, path: str, size: int, part_size: int,
     GCS has no multipart API; compose is its equivalent (32 sources per call), and the
     composed object appears atomically, so readers never see half a blob.
     """
-    from concurrent.futures import ThreadPoolExecutor
     import uuid
+    from concurrent.futures import ThreadPoolExecutor
 
     part_size = max(part_size, -(-size // 32))
     token = uuid.uuid4().hex[:12]
@@ -303,5 +303,5 @@ def _gcs_composite(fs: Any, local: str, path: str, size: int, part_size: int,
     finally:
         try:
             fs.rm(names)
-        except Exception:  # noqa: BLE001 - stray parts cost storage, never correctness
+        except Exception:  # stray parts cost storage, never correctness
             pass

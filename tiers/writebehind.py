@@ -66,7 +66,7 @@ class WriteBehind:
                 continue
             try:
                 self.writer.write_at(*item)
-            except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            except BaseException as exc:  # reported by finish()
                 self.error = exc
 
     # -- the TierWriter side the fetch sees ------------------------------------------------

@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from core.catalog import signing
-from core.errors import BadRequest, ModelNotFound
 from core.catalog.manifest import Manifest, Variant, header_summary, loads
 from core.catalog.references import DigestRef, RegistryRef
+from core.errors import BadRequest, ModelNotFound
 from tiers import remote
 from tiers.errors import ObjectNotFound
 from tiers.gguf_header import read_header_file

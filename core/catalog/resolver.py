@@ -15,11 +15,11 @@ import os
 import threading
 from dataclasses import dataclass
 
+from core.catalog.manifest import Manifest, to_blob_plan, validator
+from core.catalog.references import DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse
+from core.catalog.registry import Registry
 from core.config import Settings, default_cache_dir
 from core.errors import ModelNotFound
-from core.catalog.manifest import Manifest, to_blob_plan, validator
-from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse)
-from core.catalog.registry import Registry
 from tiers.base import BlobPlan
 
 log = logging.getLogger("strato.models")

@@ -119,7 +119,7 @@ def render_template(template: str, messages: Sequence[dict[str, Any]], *, bos_to
         # user's error, and its message says what to fix.
         raise BadRequest(f"the model's chat template (tokenizer.chat_template) rejected "
                          f"the messages: {exc}", param="messages") from None
-    except Exception as exc:  # noqa: BLE001 - template code can raise anything
+    except Exception as exc:  # template code can raise anything
         raise BadRequest(f"the model's chat template (tokenizer.chat_template) failed on "
                          f"the messages: {type(exc).__name__}: {exc}",
                          param="messages") from None

@@ -26,12 +26,12 @@ from typing import Any
 from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
 
-from core.engine import chat_template as chat
 from core.config import Settings
-from core.errors import BadRequest, ContextOverflow, OutOfMemory
+from core.engine import chat_template as chat
 from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from core.engine.sampling import SamplerChain, validate
 from core.engine.scheduler import Scheduler, Sequence
+from core.errors import BadRequest, ContextOverflow, OutOfMemory
 from tiers.errors import CorruptModel, ObjectNotFound
 
 log = logging.getLogger(__name__)

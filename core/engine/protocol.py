@@ -8,8 +8,8 @@ is why everything here is plain data with no llama.cpp types in it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]

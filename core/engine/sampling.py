@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
+from core.errors import BadRequest
 
 # llama.cpp server default: penalties look at the last 64 tokens.
 PENALTY_LAST_N = 64

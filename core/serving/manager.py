@@ -26,15 +26,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import metrics
-from core.config import Settings
-from core.errors import ModelUnavailable, OutOfMemory, StratoError
-from core.engine.protocol import Engine, ModelInfo
-from core.serving.promotion import Promoter
 from core.catalog.references import DigestRef, Reference, RegistryRef
-from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
-                            to_unload)
 from core.catalog.resolver import Resolver, Source
+from core.config import Settings
+from core.engine.protocol import Engine, ModelInfo
+from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.serving.loader_setup import build_loader, describe_tiers
+from core.serving.promotion import Promoter
+from core.serving.residency import (
+    Loaded,
+    Resident,
+    TrackedEngine,
+    footprint,
+    memory_budget,
+    to_unload,
+)
 from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
@@ -337,7 +343,7 @@ class ModelManager:
                             "retrying with %d", key, n_gpu_layers, exc, attempts[i + 1])
             except (StratoError, StorageError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - typed for the client below
+            except Exception as exc:  # typed for the client below
                 raise ModelUnavailable(f"could not load {key}: {exc}") from exc
         raise AssertionError("unreachable: at least one attempt is made")
 

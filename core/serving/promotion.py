@@ -66,7 +66,7 @@ class Promoter:
         def run() -> None:
             try:
                 fn(*args)
-            except Exception as exc:  # noqa: BLE001 - background work must not crash
+            except Exception as exc:  # background work must not crash
                 log.warning("%s failed: %s", job, exc)
             finally:
                 self._pending.discard(job)
