@@ -188,8 +188,8 @@ def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
         agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=500))
         await agen.__anext__()
         await agen.__anext__()
-        running = [s for s in engine.scheduler._slots if s.owner is not None]
-        assert len(running) == 1 and len(running[0].cached) > 0
+        running = [s for s in engine.scheduler.slots() if s.busy]
+        assert len(running) == 1 and running[0].cached_tokens > 0
         await agen.aclose()  # what a client disconnect does to the handler's generator
         for _ in range(500):
             if engine.scheduler.running() == 0:
@@ -199,8 +199,9 @@ def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
 
     slot = asyncio.run(go())
     assert engine.scheduler.running() == 0
-    assert engine.scheduler._slots[slot].owner is None
-    assert engine.scheduler._slots[slot].cached == []  # its KV cells were removed
+    after = engine.scheduler.slots()[slot]
+    assert not after.busy
+    assert after.cached_tokens == 0  # its KV cells were removed
 
 
 def test_embeddings_are_normalised_and_distinct(engine) -> None:
