@@ -184,7 +184,8 @@ class LlamaEngine:
         self.scheduler = Scheduler(
             llama=ll, ctx=self._ctx, n_ctx=info.n_ctx, n_slots=settings.parallel,
             step_tokens=_step_tokens(settings),
-            max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog, name=name)
+            max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog,
+            bos=self._bos if self._add_bos_default else -1, name=name)
 
     # -- loading ------------------------------------------------------------------
     @classmethod
@@ -293,8 +294,12 @@ class LlamaEngine:
         """
         if self._closed:
             raise BadRequest("model is closed")
-        if request.max_tokens < 1:
-            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        if request.max_tokens < 0:
+            raise BadRequest("max_tokens must be at least 0", param="max_tokens")
+        if not 1 <= request.n <= self.settings.parallel:
+            raise BadRequest(f"n is {request.n}; this server runs at most "
+                             f"{self.settings.parallel} sequences at once (STRATO_PARALLEL)",
+                             param="n")
         validate(request.sampling)
         prompt = self.tokenize(request.prompt, add_bos=request.add_bos)
         if not prompt:
@@ -303,7 +308,15 @@ class LlamaEngine:
             raise ContextOverflow(
                 f"prompt is {len(prompt)} tokens; this model's context is {self.info.n_ctx} "
                 f"tokens (including the answer). Shorten the prompt.", param="messages")
-        sampler = SamplerChain(ll, self._vocab, self._n_vocab, request.sampling, request.grammar)
+        samplers: list[SamplerChain] = []
+        try:
+            for i in range(request.n):  # choice i draws from seed + i
+                samplers.append(SamplerChain(ll, self._vocab, self._n_vocab,
+                                             request.sampling.for_choice(i), request.grammar))
+        except BaseException:
+            for sampler in samplers:
+                sampler.free()
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 
@@ -311,15 +324,18 @@ class LlamaEngine:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the consumer's loop is gone: nobody is listening
-                seq.cancelled = True
+                for seq in seqs:
+                    seq.cancelled = True
 
-        seq = Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit)
+        seqs = [Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit, index=i)
+                for i, sampler in enumerate(samplers)]
         try:
-            self.scheduler.submit(seq)
+            self.scheduler.submit(*seqs)
         except BaseException:
-            sampler.free()
+            for sampler in samplers:
+                sampler.free()
             raise
-        return Stream(self.scheduler, seq, queue)
+        return Stream(self.scheduler, seqs, queue)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Stream token events; closing the generator frees the sequence at once."""
@@ -403,12 +419,15 @@ class LlamaEngine:
 
 
 class Stream:
-    """The consumer side of one sequence: iterate events; leaving early cancels it."""
+    """The consumer side of one request's n sequences: iterate their events (each
+    tagged with its answer's index); leaving early cancels them all."""
 
-    def __init__(self, scheduler: Scheduler, seq: Sequence,
+    def __init__(self, scheduler: Scheduler, seqs: list[Sequence],
                  queue: asyncio.Queue[TokenEvent | BaseException]) -> None:
-        self._scheduler, self.seq, self._queue = scheduler, seq, queue
-        self._finished = False  # consumer side: the final event (or an error) was read
+        self._scheduler, self.seqs, self._queue = scheduler, seqs, queue
+        self.seq = seqs[0]
+        self._open = len(seqs)    # answers whose final event was not read yet
+        self._finished = False  # consumer side: every final event (or an error) was read
 
     def __aiter__(self) -> "Stream":
         return self
@@ -421,7 +440,8 @@ class Stream:
             self._finished = True
             raise item
         if item.finish_reason is not None:
-            self._finished = True
+            self._open -= 1
+            self._finished = self._open == 0
         return item
 
     async def __aenter__(self) -> "Stream":
@@ -432,4 +452,5 @@ class Stream:
 
     def close(self) -> None:
         if not self._finished:
-            self._scheduler.cancel(self.seq)
+            for seq in self.seqs:
+                self._scheduler.cancel(seq)

@@ -32,6 +32,7 @@ _LAZY = {
     "GenerationRequest": "core.engine.protocol",
     "SamplingParams": "core.engine.protocol",
     "TokenEvent": "core.engine.protocol",
+    "TokenLogprob": "core.engine.protocol",
 }
 
 __all__ = ["ModelService", *_LAZY]
@@ -39,7 +40,8 @@ __all__ = ["ModelService", *_LAZY]
 if TYPE_CHECKING:
     from core.catalog.references import parse_name_tag
     from core.catalog.resolver import Resolver
-    from core.engine.protocol import Engine, GenerationRequest, SamplingParams, TokenEvent
+    from core.engine.protocol import (Engine, GenerationRequest, SamplingParams, TokenEvent,
+                                      TokenLogprob)
     from core.serving.cache_ops import PullResult, pull, read_header, remove_local
     from core.serving.loader_setup import build_loader, describe_tiers
     from core.serving.manager import ModelManager
