@@ -14,20 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import BadRequest
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
-          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
-          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592. Binary units; a bare number is bytes."""
-    s = text.strip().lower().replace(" ", "")
-    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(digits):]
-    if not digits or unit not in _UNITS:
-        raise BadRequest(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")
-    return int(float(digits) * _UNITS[unit])
+from tiers.tier_config import parse_size
 
 
 def default_cache_dir() -> Path:
@@ -55,6 +42,12 @@ class Settings:
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
     prefetch_threshold: float = 0.5          # STRATO_PREFETCH_THRESHOLD
     n_gpu_layers: int | None = None          # STRATO_GPU_LAYERS: None = computed
+    # Lambda (handlers/aws_lambda.py, handlers/lambda_modes.py): seconds of process age after
+    # which an on-demand init returns and lets the model load on; 0 waits for the load.
+    init_budget: float = 8.0                 # STRATO_INIT_BUDGET
+    # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory):
+    # None = llama.cpp's default (on); Lambda Managed Instances turn it off (README).
+    repack: bool | None = None               # STRATO_REPACK: 1/0
     log_level: str = "INFO"                  # STRATO_LOG_LEVEL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -86,7 +79,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "MAX_TOKENS_LIMIT": "max_tokens_limit"}
     sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
     floats = {"LOAD_TIMEOUT": "load_timeout", "PROMOTE_PER_HOUR": "promote_per_hour",
-              "PREFETCH_THRESHOLD": "prefetch_threshold"}
+              "PREFETCH_THRESHOLD": "prefetch_threshold", "INIT_BUDGET": "init_budget"}
     strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
                "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}
     for name, attr in ints.items():
@@ -97,7 +90,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                 raise BadRequest(f"STRATO_{name} must be an integer, got {v!r}") from None
     for name, attr in sizes.items():
         if (v := _env(env, name)) is not None:
-            kwargs[attr] = parse_size(v)
+            try:
+                kwargs[attr] = parse_size(v)
+            except ValueError as exc:
+                raise BadRequest(f"STRATO_{name}: {exc}") from None
     for name, attr in floats.items():
         if (v := _env(env, name)) is not None:
             try:
@@ -107,6 +103,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     for name, attr in strings.items():
         if (v := _env(env, name)) is not None:
             kwargs[attr] = v
+    if (v := _env(env, "REPACK")) is not None:
+        if v.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
+            raise BadRequest(f"STRATO_REPACK must be 1 or 0, got {v!r}")
+        kwargs["repack"] = v.strip().lower() in ("1", "true", "on")
     if (v := _env(env, "ALLOWED_SOURCES")) is not None:
         kwargs["allowed_sources"] = tuple(p.strip() for p in v.split(",") if p.strip())
     return validate(Settings(**kwargs))
@@ -115,6 +115,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 def validate(settings: Settings) -> Settings:
     if not 0 < settings.port < 65536:
         raise BadRequest(f"port out of range: {settings.port}")
+    if settings.init_budget < 0:
+        raise BadRequest(f"init_budget must be 0 (off) or positive, got {settings.init_budget}")
     for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
         if getattr(settings, attr) <= 0:
             raise BadRequest(f"{attr} must be positive, got {getattr(settings, attr)}")

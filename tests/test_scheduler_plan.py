@@ -7,8 +7,15 @@ import copy
 from collections.abc import Iterable
 
 from core.engine.protocol import GenerationRequest
-from core.engine.scheduler import (Admission, Chunk, SchedulerState, Sequence, Slot, StepPlan,
-                                   schedule)
+from core.engine.scheduler import (
+    Admission,
+    Chunk,
+    SchedulerState,
+    Sequence,
+    Slot,
+    StepPlan,
+    schedule,
+)
 
 
 def seq(tokens: list[int], *, n_past: int = 0, slot: int = -1) -> Sequence:
