@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
@@ -148,8 +149,8 @@ class Api:
         return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
 
     async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
-                     decoding: schemas.Decoding) -> tuple[AsyncIterator[TokenEvent],
-                                                          TokenEvent]:
+                     decoding: schemas.Decoding
+                     ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
         """Submit one generation and wait for its first event.
 
         Admission (queue full, context overflow) happens before the first event:
@@ -190,7 +191,7 @@ class Api:
         build = responses.chat_completion if kind == "chat" else responses.text_completion
         return JSONResponse(build(id=rid, created=created, model=model, choices=choices))
 
-    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncIterator[TokenEvent],
+    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncGenerator[TokenEvent, None],
                    event: TokenEvent, decoding: schemas.Decoding, ttft: float,
                    echo: str) -> AsyncIterator[bytes]:
         """SSE bytes for one stream of n answers; the finally closes the engine's
@@ -228,10 +229,10 @@ class Api:
             # Headers are gone; OpenAI's clients raise on an SSE event carrying "error".
             yield responses.sse(responses.error_body(exc)[1])
         finally:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
 
     async def _response_events(self, draft: responses_api.Draft,
-                               gen: AsyncIterator[TokenEvent], event: TokenEvent,
+                               gen: AsyncGenerator[TokenEvent, None], event: TokenEvent,
                                history: tuple[dict[str, Any], ...],
                                ttft: float) -> AsyncIterator[bytes]:
         """The Responses event stream; the finished response is stored before the last
@@ -259,7 +260,7 @@ class Api:
         except (StratoError, StorageError) as exc:
             yield writer.error(responses.error_body(exc)[1])
         finally:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
 
     def _max_tokens(self, engine: Engine, prompt: str, decoding: schemas.Decoding) -> int:
         """The request's max_tokens, or "until the context is full" (chat's default):

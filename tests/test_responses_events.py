@@ -9,9 +9,7 @@ import pytest
 
 from core.engine.protocol import TokenEvent
 from core.errors import BadRequest, NotFound
-from core.openai.responses_api import (Draft, EventWriter, ResponseStore, parse,
-                                       response_object)
-
+from core.openai.responses_api import Draft, EventWriter, ResponseStore, parse, response_object
 from tests.openai_spec import EVENT_SCHEMAS, validate
 
 LIMIT = 4096

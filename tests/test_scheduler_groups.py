@@ -12,8 +12,17 @@ import pytest
 from core.config import Settings
 from core.engine.llama import LlamaEngine
 from core.engine.protocol import GenerationRequest, SamplingParams
-from core.engine.scheduler import (SCORE_CHUNK, Admission, Chunk, SchedulerState, Sequence,
-                                   Slot, cells_used, cut, schedule)
+from core.engine.scheduler import (
+    SCORE_CHUNK,
+    Admission,
+    Chunk,
+    SchedulerState,
+    Sequence,
+    Slot,
+    cells_used,
+    cut,
+    schedule,
+)
 from tests.step_recorder import StepRecorder
 
 
@@ -109,11 +118,9 @@ def test_shared_cells_are_counted_once_while_the_lender_keeps_them() -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(gemma_path) -> LlamaEngine:
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=2, ctx=1024, parallel=4))
-    yield eng
-    eng.close()
+def engine_settings() -> Settings:
+    """Four slots: room for one n=3 request (conftest's `engine`)."""
+    return Settings(threads=1, ctx=1024, parallel=4)
 
 
 def test_n_answers_read_the_prompt_once_and_share_its_cells(engine: LlamaEngine) -> None:

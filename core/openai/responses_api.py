@@ -29,8 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core.errors import BadRequest, NotFound
 from core.engine.protocol import TokenEvent
+from core.errors import BadRequest, NotFound
 from core.openai import schemas
 
 STORE_SIZE = 512  # responses kept per instance for GET and previous_response_id
