@@ -174,7 +174,7 @@ def log_softmax_at(logits: np.ndarray, token: int, top: int
     norm = peak + math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
     best: list[tuple[int, float]] = []
     if top > 0:
-        ids = np.argpartition(logits, -top)[-top:]
+        ids = np.sort(np.argpartition(logits, -top)[-top:])  # ties: lower id first
         ids = ids[np.argsort(-logits[ids], kind="stable")]
         best = [(int(i), float(logits[i]) - norm) for i in ids]
     return float(logits[token]) - norm, best
@@ -184,11 +184,11 @@ def describe(piece: Callable[[int], bytes], token: int, logprob: float | None,
              top: list[tuple[int, float]]) -> TokenLogprob:
     """A TokenLogprob with each token's text (its bytes decoded, invalid UTF-8 replaced;
     `raw` keeps the exact bytes for clients that join partial characters)."""
-    raw = piece(token)
-    return TokenLogprob(
-        token=raw.decode("utf-8", "replace"), raw=raw, logprob=logprob,
-        top=tuple(TokenLogprob(piece(t).decode("utf-8", "replace"), piece(t), lp)
-                  for t, lp in top))
+    def one(tok: int, lp: float | None, alts: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
+        raw = piece(tok)
+        return TokenLogprob(raw.decode("utf-8", "replace"), raw, lp, alts)
+
+    return one(token, logprob, tuple(one(t, lp) for t, lp in top))
 
 
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
