@@ -134,7 +134,7 @@ class Api:
         finally:
             await gen.aclose()
         text, last = "".join(answer.texts[0]), answer.lasts[0]
-        final = responses_api.response_object(draft, text, last)
+        final = responses_api.response_object(draft, text, last, answer.logprobs[0])
         self.responses.put(body, final, text, history)
         self._observe("responses", draft.model, ttft,
                       responses.usage(last.prompt_tokens, last.completion_tokens))
@@ -239,17 +239,19 @@ class Api:
         event goes out, so a client that reads `response.completed` can chain on it."""
         writer = responses_api.EventWriter(draft)
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         try:
             yield writer.opening()
             while True:
-                if event.text:
+                if event.text or event.logprobs:
                     parts.append(event.text)
-                    yield writer.delta(event.text)
+                    logprobs.extend(event.logprobs)
+                    yield writer.delta(event.text, event.logprobs)
                 if event.finish_reason is not None:
                     break
                 event = await gen.__anext__()
             text = "".join(parts)
-            tail, final = writer.closing(text, event)
+            tail, final = writer.closing(text, event, logprobs)
             self.responses.put(draft.request, final, text, history)
             yield tail
             self._observe("responses", draft.model, ttft,

@@ -174,3 +174,16 @@ def test_bad_requests_are_400_with_param(server: Server, model: str, body: dict,
                    headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_logprobs_through_include(client: openai.OpenAI, model: str) -> None:
+    args = dict(model=model, input="Name a colour.", max_output_tokens=4, temperature=0,
+                include=["message.output_text.logprobs"], top_logprobs=2)
+    body = create_raw(client, **args)
+    part = body["output"][0]["content"][0]
+    assert len(part["logprobs"]) == body["usage"]["output_tokens"]
+    assert "".join(lp["token"] for lp in part["logprobs"]) == part["text"]
+    assert all(len(lp["top_logprobs"]) == 2 for lp in part["logprobs"])
+    streamed = [lp for e in client.responses.create(**args, stream=True)
+                if e.type == "response.output_text.delta" for lp in e.logprobs]
+    assert [lp.token for lp in streamed] == [lp["token"] for lp in part["logprobs"]]

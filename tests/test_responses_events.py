@@ -128,3 +128,36 @@ def test_store_is_bounded_and_chains_turns():
     store.delete("r2")
     with pytest.raises(NotFound):
         store.delete("r2")
+
+
+def test_logprobs_are_asked_for_with_include():
+    assert parse({"input": "x"}, max_tokens_limit=LIMIT).decoding.logprobs is None
+    asked = parse({"input": "x", "include": ["message.output_text.logprobs"],
+                   "top_logprobs": 2}, max_tokens_limit=LIMIT)
+    assert asked.decoding.logprobs == 2
+    for bad, param in (({"include": "x"}, "include"),
+                       ({"include": ["message.output_text.logprobs"], "top_logprobs": 21},
+                        "top_logprobs")):
+        with pytest.raises(BadRequest) as info:
+            parse({"input": "x", **bad}, max_tokens_limit=LIMIT)
+        assert info.value.param == param
+
+
+def test_logprobs_in_deltas_and_the_final_text_part():
+    from core.engine.protocol import TokenLogprob
+
+    hi = TokenLogprob("Hi", b"Hi", -0.1, (TokenLogprob("Hi", b"Hi", -0.1),))
+    draft = Draft(parse({"input": "x", "include": ["message.output_text.logprobs"]},
+                        max_tokens_limit=LIMIT), "gemma")
+    writer = EventWriter(draft)
+    writer.opening()
+    [delta] = events(writer.delta("Hi", [hi]))
+    validate(delta, "ResponseTextDeltaEvent")
+    assert delta["logprobs"][0]["token"] == "Hi"
+    tail, final = writer.closing("Hi", DONE, [hi])
+    validate(final, "Response")
+    assert final["output"][0]["content"][0]["logprobs"] == [
+        {"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
+         "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}]
+    for event in events(tail):
+        validate(event, EVENT_SCHEMAS[event["type"]])

@@ -26,14 +26,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from core.engine.protocol import TokenEvent
+from core.engine.protocol import TokenEvent, TokenLogprob
 from core.errors import BadRequest, NotFound
-from core.openai import schemas
+from core.openai import responses, schemas
 
 STORE_SIZE = 512  # responses kept per instance for GET and previous_response_id
+LOGPROBS = "message.output_text.logprobs"  # the `include` value that asks for them
 INPUT_ROLES = frozenset({"user", "assistant", "system", "developer"})
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
@@ -96,12 +98,32 @@ def parse(body: Mapping[str, Any], *, max_tokens_limit: int) -> ResponsesRequest
             "json_schema": {"schema": text_format.get("schema")}}
     decoding = schemas.parse_decoding(options, body.get("max_output_tokens"),
                                       "max_output_tokens", max_tokens_limit)
+    if LOGPROBS in _include(body.get("include")):
+        decoding = replace(decoding, logprobs=_top_logprobs(body.get("top_logprobs")))
     store = body.get("store")
     return ResponsesRequest(
         model=schemas.parse_model(body), input=_input(body["input"]),
         instructions=instructions or None, decoding=decoding,
         previous_response_id=previous, store=store is not False,
         metadata=metadata, text_format=text_format)
+
+
+def _include(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("'include' must be an array of strings", param="include")
+    return value
+
+
+def _top_logprobs(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= schemas.MAX_TOP_LOGPROBS:
+        raise BadRequest(f"'top_logprobs' must be an integer from 0 to "
+                         f"{schemas.MAX_TOP_LOGPROBS}", param="top_logprobs")
+    return value
 
 
 def _input(raw: Any) -> tuple[dict[str, Any], ...]:
@@ -190,14 +212,21 @@ class Draft:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
 
-def message_item(draft: Draft, text: str, status: str) -> dict[str, Any]:
-    content = [] if status == "in_progress" else [_text_part(text)]
+def message_item(draft: Draft, text: str, status: str,
+                 logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+    content = [] if status == "in_progress" else [_text_part(text, logprobs)]
     return {"id": draft.message_id, "type": "message", "status": status,
             "role": "assistant", "content": content}
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _text_part(text: str, logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [],
+            "logprobs": _logprobs(logprobs)}
+
+
+def _logprobs(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """The Responses API's LogProb entries: chat's shape (token, logprob, bytes, top)."""
+    return list(responses.chat_logprobs(tokens)["content"]) if tokens else []
 
 
 def status_of(last: TokenEvent | None) -> str:
@@ -206,13 +235,13 @@ def status_of(last: TokenEvent | None) -> str:
     return "incomplete" if last.finish_reason == "length" else "completed"
 
 
-def response_object(draft: Draft, text: str = "",
-                    last: TokenEvent | None = None) -> dict[str, Any]:
+def response_object(draft: Draft, text: str = "", last: TokenEvent | None = None,
+                    logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
     """The Response object: in progress (`last` None: no output, no usage yet) or
     finished."""
     req, status = draft.request, status_of(last)
     sampling = req.decoding.sampling
-    output = [] if last is None else [message_item(draft, text, status)]
+    output = [] if last is None else [message_item(draft, text, status, logprobs)]
     usage = {} if last is None else {"usage": {
         "input_tokens": last.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -231,7 +260,8 @@ def response_object(draft: Draft, text: str = "",
         "previous_response_id": req.previous_response_id, "reasoning": None,
         "store": req.store, "temperature": sampling.temperature, "top_p": sampling.top_p,
         "text": {"format": dict(req.text_format)}, "tool_choice": "auto", "tools": [],
-        "truncation": "disabled", "metadata": dict(req.metadata), **usage,
+        "truncation": "disabled", "metadata": dict(req.metadata),
+        "top_logprobs": req.decoding.logprobs or 0, **usage,
     }
 
 
@@ -271,23 +301,31 @@ class EventWriter:
             self._event("response.content_part.added", **where, part=_text_part("")),
         ])
 
-    def delta(self, text: str) -> bytes:
+    def delta(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        """One piece of text, with the logprobs of its tokens when they were asked for."""
+        if logprobs:
+            where = {"item_id": self.draft.message_id, "output_index": 0, "content_index": 0}
+            return self._event("response.output_text.delta", **where, delta=text,
+                               logprobs=_logprobs(logprobs))
         out = (self._delta_open + json.dumps(text).encode() + b',"sequence_number":'
                + str(self.seq).encode() + b"}\n\n")
         self.seq += 1
         return out
 
-    def closing(self, text: str, last: TokenEvent) -> tuple[bytes, dict[str, Any]]:
+    def closing(self, text: str, last: TokenEvent, logprobs: Sequence[TokenLogprob] = ()
+                ) -> tuple[bytes, dict[str, Any]]:
         """The done events and the final one; also the finished Response object."""
         d = self.draft
         where = {"item_id": d.message_id, "output_index": 0, "content_index": 0}
-        final = response_object(d, text, last)
+        final = response_object(d, text, last, logprobs)
         status = final["status"]
         return b"".join([
-            self._event("response.output_text.done", **where, text=text, logprobs=[]),
-            self._event("response.content_part.done", **where, part=_text_part(text)),
+            self._event("response.output_text.done", **where, text=text,
+                        logprobs=_logprobs(logprobs)),
+            self._event("response.content_part.done", **where,
+                        part=_text_part(text, logprobs)),
             self._event("response.output_item.done", output_index=0,
-                        item=message_item(d, text, status)),
+                        item=message_item(d, text, status, logprobs)),
             self._event(f"response.{status}", response=final),
         ]), final
 
