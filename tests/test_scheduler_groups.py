@@ -149,3 +149,29 @@ def test_n_answers_read_the_prompt_once_and_share_its_cells(engine: LlamaEngine)
     assert all(slots[s.slot].cached_tokens == n_prompt + 5 for s in seqs)
     # Counted once: the prompt, plus each answer's own five decoded tokens.
     assert engine.scheduler.kv_cells_used() == n_prompt + 3 * 5
+
+
+def test_n_above_the_free_slots_waits_for_them(engine: LlamaEngine) -> None:
+    # Four slots: one busy answer leaves three, so a request for four answers waits
+    # for it to end, then all four enter in one pass.
+    async def run() -> tuple[list[Sequence], Sequence, list]:
+        with StepRecorder(engine.scheduler) as recorder:
+            busy = engine.submit(GenerationRequest(prompt="1, 2, 3,", max_tokens=32,
+                                                   sampling=SamplingParams(temperature=0)))
+            first = await busy.__anext__()  # running: it holds its slot
+            assert first.finish_reason is None
+            many = engine.submit(GenerationRequest(prompt="a, b, c,", max_tokens=2, n=4,
+                                                   sampling=SamplingParams(temperature=0)))
+            rest = [e async for e in busy]
+            assert rest[-1].finish_reason == "length"
+            finals = [e async for e in many if e.finish_reason]
+        assert sorted(e.index for e in finals) == [0, 1, 2, 3]
+        return many.seqs, busy.seq, recorder.reports
+
+    seqs, busy, reports = asyncio.run(run())
+    entered = [r.planned_at for r in reports for a in r.plan.admit if a.seq in seqs]
+    assert len(entered) == 4 and len(set(entered)) == 1  # together, in one pass
+    last_busy_step = max(r.decoded_at for r in reports
+                         if r.decoded_at is not None and any(c.seq is busy
+                                                             for c in r.plan.batch))
+    assert entered[0] >= last_busy_step  # not before the busy answer gave its slot back
