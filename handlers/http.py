@@ -25,13 +25,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core import metrics
-from core.openai import responses, responses_api, schemas
 from core.config import Settings, from_env
 from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
-from core.serving import Engine, GenerationRequest, TokenEvent, TokenLogprob
-from core.serving import ModelService
-from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
-                           read_json, unless_disconnected)
+from core.openai import responses, responses_api, schemas, tokenize, tools
+from core.openai.tool_output import OutputParser, collect, prompt_opens_think
+from core.serving import Engine, GenerationRequest, ModelService, TokenEvent, TokenLogprob
+from handlers.asgi import (
+    ClientGone,
+    EventStream,
+    Gate,
+    JSONResponse,
+    error_response,
+    read_json,
+    unless_disconnected,
+)
 from tiers.errors import StorageError
 
 log = logging.getLogger("strato.http")
@@ -94,9 +101,19 @@ class Api:
         body = schemas.parse_chat(await read_json(request, self.settings.max_body),
                                   max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        prompt = engine.render_chat(body.messages)
-        return await self._generate(request, "chat", engine, prompt, body.decoding,
-                                    arrived, echo="")
+        spec = body.tools if body.tools is not None and body.tools.active else None
+        prompt = engine.render_chat(body.messages, spec.tools if spec else ())
+        forced = tools.forced_call(spec)
+
+        def parser() -> OutputParser:  # one per answer: each of the n is split alone
+            return OutputParser(spec.names() if spec else None,
+                                in_think=prompt_opens_think(prompt),
+                                prefix=forced.prefix if forced else "")
+
+        return await self._generate(request, "chat", engine,
+                                    prompt + (forced.prefix if forced else ""),
+                                    body.decoding, arrived, echo="", parser=parser,
+                                    tool_grammar=forced.grammar if forced else None)
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()
@@ -113,6 +130,18 @@ class Api:
         return JSONResponse(responses.embeddings(
             model=engine.info.name, vectors=vectors, prompt_tokens=tokens,
             encoding_format=body.encoding_format))
+
+    async def tokenize(self, request: Request) -> Response:
+        body = tokenize.parse_tokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        ids = engine.tokenize(body.content, add_bos=body.add_special)
+        pieces = [engine.detokenize([t]) for t in ids] if body.with_pieces else None
+        return JSONResponse(tokenize.tokens_body(ids, pieces))
+
+    async def detokenize(self, request: Request) -> Response:
+        body = tokenize.parse_detokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        return JSONResponse({"content": engine.detokenize(body.tokens)})
 
     async def create_response(self, request: Request) -> Response:
         """POST /v1/responses: the chat path, in the Responses API's objects and events."""
@@ -149,18 +178,19 @@ class Api:
         return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
 
     async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
-                     decoding: schemas.Decoding
+                     decoding: schemas.Decoding, tool_grammar: str | None = None
                      ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
-        """Submit one generation and wait for its first event.
+        """Submit one generation and wait for its first event; a forced tool call's
+        grammar takes the place of response_format's.
 
         Admission (queue full, context overflow) happens before the first event:
         waiting for it here turns those into real HTTP statuses, not a broken 200.
         """
         gen = engine.generate(GenerationRequest(
             prompt=prompt, max_tokens=self._max_tokens(engine, prompt, decoding),
-            sampling=decoding.sampling, stop=decoding.stop, grammar=_grammar(decoding),
-            n=decoding.n, logprobs=decoding.logprobs,
-            prompt_logprobs=decoding.prompt_logprobs))
+            sampling=decoding.sampling, stop=decoding.stop,
+            grammar=tool_grammar or _grammar(decoding), n=decoding.n,
+            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs))
         try:
             first = await unless_disconnected(request, gen.__anext__())
         except BaseException as exc:
@@ -171,32 +201,38 @@ class Api:
         return gen, first
 
     async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
-                        decoding: schemas.Decoding, arrived: float, echo: str) -> Response:
-        gen, first = await self._start(request, kind, engine, prompt, decoding)
+                        decoding: schemas.Decoding, arrived: float, echo: str,
+                        parser: Callable[[], OutputParser] | None = None,
+                        tool_grammar: str | None = None) -> Response:
+        """`parser` makes the splitter of a chat answer (content, reasoning, tool calls)."""
+        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar)
         created = int(time.time())
         rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
         model = engine.info.name
         ttft = time.perf_counter() - arrived
         if decoding.stream:
             writer = responses.ChunkWriter(kind, rid, created, model)
-            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo),
+            parsers = [parser() for _ in range(decoding.n)] if parser else None
+            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo, parsers),
                                headers={"Cache-Control": "no-cache",
                                         "X-Accel-Buffering": "no"})
         try:
             answers = await unless_disconnected(request, _collect(gen, first, decoding.n))
         finally:
             await gen.aclose()
-        choices = answers.choices(echo, decoding.logprobs is not None)
+        choices = answers.choices(echo, decoding.logprobs is not None, parser)
         self._observe(kind, model, ttft, responses.total_usage(choices))
         build = responses.chat_completion if kind == "chat" else responses.text_completion
         return JSONResponse(build(id=rid, created=created, model=model, choices=choices))
 
     async def _sse(self, writer: responses.ChunkWriter, gen: AsyncGenerator[TokenEvent, None],
                    event: TokenEvent, decoding: schemas.Decoding, ttft: float,
-                   echo: str) -> AsyncIterator[bytes]:
+                   echo: str, parsers: list[OutputParser] | None) -> AsyncIterator[bytes]:
         """SSE bytes for one stream of n answers; the finally closes the engine's
         generator. Each answer's chunks carry its index; its finish chunk comes when it
-        ends, the usage chunk (all answers) and [DONE] after the last one."""
+        ends, the usage chunk (all answers) and [DONE] after the last one. A chat
+        answer's text goes through its own parser (tool calls, reasoning); the logprobs
+        of an event ride on its first content piece, or on an empty one."""
         wants_logprobs = decoding.logprobs is not None
         try:
             for index in range(decoding.n):
@@ -207,11 +243,24 @@ class Api:
                                        if wants_logprobs else None)
             open_answers, generated = decoding.n, 0
             while True:
-                if event.text or event.logprobs:
-                    yield writer.token(event.text, event.index,
-                                       event.logprobs if wants_logprobs else None)
+                logprobs = event.logprobs if wants_logprobs and event.logprobs else None
+                if parsers is None:
+                    if event.text or logprobs:
+                        yield writer.token(event.text, event.index, logprobs)
+                else:
+                    parser = parsers[event.index]
+                    pieces = parser.feed(event.text) if event.text else []
+                    if event.finish_reason is not None:
+                        pieces += parser.finish()
+                    for piece in pieces:
+                        carry = logprobs if piece.kind == "content" else None
+                        logprobs = None if carry else logprobs
+                        yield writer.delta(piece, event.index, carry)
+                    if logprobs:
+                        yield writer.token("", event.index, logprobs)
                 if event.finish_reason is not None:
-                    yield writer.finish(event)
+                    calls = parsers is not None and parsers[event.index].calls > 0
+                    yield writer.finish(event, tool_calls=calls)
                     generated += event.completion_tokens
                     open_answers -= 1
                     if not open_answers:
@@ -286,12 +335,22 @@ class _Answers:
     logprobs: list[list[TokenLogprob]]
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
-    def choices(self, echo: str, with_logprobs: bool) -> list[responses.Choice]:
-        """One Choice per answer; an echo puts the prompt (and its logprobs) first."""
+    def choices(self, echo: str, with_logprobs: bool,
+                parser: Callable[[], OutputParser] | None = None) -> list[responses.Choice]:
+        """One Choice per answer; an echo puts the prompt (and its logprobs) first; a
+        chat answer is split by its own parser."""
         head = list(self.prompt_logprobs) if echo else []
-        return [responses.Choice(i, echo + "".join(self.texts[i]), self.lasts[i],
-                                 head + self.logprobs[i] if with_logprobs else None)
-                for i in range(len(self.lasts))]
+        out = []
+        for i, last in enumerate(self.lasts):
+            text = echo + "".join(self.texts[i])
+            output = None
+            if parser is not None:
+                split = parser()
+                output = collect(split.feed(text) + split.finish())
+            out.append(responses.Choice(i, text, last,
+                                        head + self.logprobs[i] if with_logprobs else None,
+                                        output))
+        return out
 
 
 async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent, n: int = 1) -> _Answers:
@@ -356,6 +415,8 @@ def create_app(settings: Settings, service: ModelService, *,
         Route("/v1/responses", api.create_response, methods=["POST"]),
         Route("/v1/responses/{id}", api.get_response, methods=["GET"]),
         Route("/v1/responses/{id}", api.delete_response, methods=["DELETE"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{ref:path}/load", api.load, methods=["POST"]),
         Route("/v1/cache", api.cache, methods=["GET"]),

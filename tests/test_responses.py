@@ -6,10 +6,19 @@ import base64
 import json
 import struct
 
-from core.errors import ContextOverflow, ModelUnavailable, QueueFull
 from core.engine.protocol import ModelInfo, TokenEvent, TokenLogprob
-from core.openai.responses import (DONE, Choice, ChunkWriter, chat_completion, embeddings,
-                                   error_body, model_list, text_completion)
+from core.errors import ContextOverflow, ModelUnavailable, QueueFull
+from core.openai.responses import (
+    DONE,
+    Choice,
+    ChunkWriter,
+    chat_completion,
+    embeddings,
+    error_body,
+    model_list,
+    text_completion,
+)
+from core.openai.tool_output import Collected
 from tiers.errors import IntegrityError
 
 from tests.openai_spec import validate
@@ -27,7 +36,8 @@ def test_chat_chunks_are_valid_json_with_escaped_text():
     w = ChunkWriter("chat", "chatcmpl-1", 123, "gemma")
     role = decode(w.role())
     assert role["object"] == "chat.completion.chunk" and role["id"] == "chatcmpl-1"
-    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": "",
+                                           "refusal": None}
     tricky = 'a "quote"\n\\ é 🙂 </s>'
     tok = decode(w.token(tricky))
     assert tok["choices"][0]["delta"] == {"content": tricky}
@@ -51,7 +61,8 @@ def test_text_chunks():
 
 
 def test_complete_objects():
-    chat = chat_completion(id="c", created=1, model="m", choices=[Choice(0, "hello", LAST)])
+    chat = chat_completion(id="c", created=1, model="m",
+                           choices=[Choice(0, "hello", LAST, output=Collected("hello", None))])
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello",
                                              "refusal": None}
     assert chat["usage"]["total_tokens"] == 10
