@@ -19,9 +19,8 @@ from core.openai.responses import (
     text_completion,
 )
 from core.openai.tool_output import Collected
+from tests.openapi_check import check
 from tiers.errors import IntegrityError
-
-from tests.openai_spec import validate
 
 
 def decode(chunk: bytes) -> dict:
@@ -66,10 +65,10 @@ def test_complete_objects():
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello",
                                              "refusal": None}
     assert chat["usage"]["total_tokens"] == 10
-    validate(chat, "CreateChatCompletionResponse")
+    check(chat, "CreateChatCompletionResponse")
     text = text_completion(id="t", created=1, model="m", choices=[Choice(0, "x", LAST)])
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
-    validate(text, "CreateCompletionResponse")
+    check(text, "CreateCompletionResponse")
     cancelled = TokenEvent(text="", finish_reason="cancelled")
     assert chat_completion(id="c", created=1, model="m", choices=[Choice(0, "", cancelled)]
                            )["choices"][0]["finish_reason"] == "stop"
@@ -87,13 +86,13 @@ def test_n_choices_share_the_prompt_in_usage():
                           choices=[Choice(0, "a", LAST), Choice(1, "b", second)])
     assert [c["index"] for c in out["choices"]] == [0, 1]
     assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
-    validate(out, "CreateChatCompletionResponse")
+    check(out, "CreateChatCompletionResponse")
 
 
 def test_chat_logprobs_shape():
     out = chat_completion(id="c", created=1, model="m",
                           choices=[Choice(0, "caf\ufffd", LAST, [CAFE, HALF_E])])
-    validate(out, "CreateChatCompletionResponse")
+    check(out, "CreateChatCompletionResponse")
     content = out["choices"][0]["logprobs"]["content"]
     assert content[0] == {"token": "caf", "logprob": -0.5, "bytes": [99, 97, 102],
                           "top_logprobs": [{"token": "caf", "logprob": -0.5,
@@ -107,7 +106,7 @@ def test_chat_logprobs_shape():
 def test_text_logprobs_shape():
     scored = text_completion(id="t", created=1, model="m",
                              choices=[Choice(0, "caftea", LAST, [CAFE, CAFE])])
-    validate(scored, "CreateCompletionResponse")
+    check(scored, "CreateCompletionResponse")
     assert scored["choices"][0]["logprobs"]["text_offset"] == [0, 3]
     # A prompt's first token (no BOS before it) has nothing to be scored against: null,
     # as OpenAI's echo sends it (its published schema says number; lm-eval expects null).
@@ -122,7 +121,7 @@ def test_text_logprobs_shape():
 def test_streamed_logprobs_and_indices():
     w = ChunkWriter("chat", "chatcmpl-1", 1, "m")
     chunk = decode(w.token("caf", 2, [CAFE]))
-    validate(chunk, "CreateChatCompletionStreamResponse")
+    check(chunk, "CreateChatCompletionStreamResponse")
     assert chunk["choices"][0]["index"] == 2
     assert chunk["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
     assert decode(w.role(2))["choices"][0]["index"] == 2

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.http_server import API_KEY, Server, server  # noqa: F401 (fixture)
-from tests.openai_spec import EVENT_SCHEMAS, validate
+from tests.openapi_check import EVENT_SCHEMAS, check
 
 COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"
 
@@ -30,7 +30,7 @@ def create_raw(client: openai.OpenAI, **kwargs: object) -> dict:
     """A non-streamed create through the official client; its raw body, schema-checked."""
     raw = client.responses.with_raw_response.create(**kwargs)
     body = raw.http_response.json()
-    validate(body, "Response")
+    check(body, "Response")
     return body
 
 
@@ -45,7 +45,7 @@ def raw_events(server: Server, body: dict) -> list[dict]:
     events = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
     assert names == [e["type"] for e in events]  # every event line names its data's type
     for event in events:
-        validate(event, EVENT_SCHEMAS[event["type"]])
+        check(event, EVENT_SCHEMAS[event["type"]])
     return events
 
 

@@ -10,7 +10,7 @@ import pytest
 from core.engine.protocol import TokenEvent
 from core.errors import BadRequest, NotFound
 from core.openai.responses_api import Draft, EventWriter, ResponseStore, parse, response_object
-from tests.openai_spec import EVENT_SCHEMAS, validate
+from tests.openapi_check import EVENT_SCHEMAS, check
 
 LIMIT = 4096
 DONE = TokenEvent(text="", finish_reason="stop", prompt_tokens=9, completion_tokens=2)
@@ -75,14 +75,14 @@ def test_objects_validate_against_openai_schemas():
     draft = Draft(parse({"input": "Hi", "metadata": {"k": "v"}}, max_tokens_limit=LIMIT),
                   "gemma")
     pending = response_object(draft)
-    validate(pending, "Response")
+    check(pending, "Response")
     assert pending["status"] == "in_progress" and pending["output"] == []
     done = response_object(draft, "Hello!", DONE)
-    validate(done, "Response")
+    check(done, "Response")
     assert done["output"][0]["content"][0]["text"] == "Hello!"
     assert done["usage"]["total_tokens"] == 11 and done["metadata"] == {"k": "v"}
     cut = response_object(draft, "1, 2", CUT)
-    validate(cut, "Response")
+    check(cut, "Response")
     assert cut["status"] == "incomplete"
     assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
 
@@ -102,10 +102,10 @@ def test_event_sequence_is_numbered_and_valid(last, final):
         "response.content_part.done", "response.output_item.done", final]
     assert [e["sequence_number"] for e in seen] == list(range(len(seen)))
     for event in seen:
-        validate(event, EVENT_SCHEMAS[event["type"]])
+        check(event, EVENT_SCHEMAS[event["type"]])
     assert seen[4]["delta"] == 'He said "hi"\n' and seen[-1]["response"] == response
     error = events(writer.error({"error": {"code": "x", "message": "boom", "param": None}}))
-    validate(error[0], "ResponseErrorEvent")
+    check(error[0], "ResponseErrorEvent")
     assert error[0]["sequence_number"] == len(seen)
 
 
@@ -152,12 +152,12 @@ def test_logprobs_in_deltas_and_the_final_text_part():
     writer = EventWriter(draft)
     writer.opening()
     [delta] = events(writer.delta("Hi", [hi]))
-    validate(delta, "ResponseTextDeltaEvent")
+    check(delta, "ResponseTextDeltaEvent")
     assert delta["logprobs"][0]["token"] == "Hi"
     tail, final = writer.closing("Hi", DONE, [hi])
-    validate(final, "Response")
+    check(final, "Response")
     assert final["output"][0]["content"][0]["logprobs"] == [
         {"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
          "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}]
     for event in events(tail):
-        validate(event, EVENT_SCHEMAS[event["type"]])
+        check(event, EVENT_SCHEMAS[event["type"]])
