@@ -4,6 +4,7 @@ official `openai` client, bodies checked against OpenAI's published schemas."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import openai
@@ -192,3 +193,23 @@ def test_seed_repeats_alone_and_after_prefix_cache_hits(client: openai.OpenAI,
     assert len(hits) == 3 and hits[0] < prompt - 1 and hits[1] == hits[2] == prompt - 1
     texts = [o.choices[0].message.content for o in outs]
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_n_answers_each_get_their_own_tool_call(client: openai.OpenAI, model: str) -> None:
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "parameters": {
+            "type": "object", "required": ["city"], "additionalProperties": False,
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}
+    args = dict(model=model, n=2, max_tokens=40, temperature=1.0, seed=5, tools=[weather],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                messages=[{"role": "user", "content": "Weather in Paris?"}])
+    raw = client.chat.completions.with_raw_response.create(**args).http_response.json()
+    check(raw, "CreateChatCompletionResponse")
+    assert [c["finish_reason"] for c in raw["choices"]] == ["tool_calls", "tool_calls"]
+    for choice in raw["choices"]:
+        [call] = choice["message"]["tool_calls"]
+        assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome")
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    named = {c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.tool_calls
+             and c.choices[0].delta.tool_calls[0].function.name}
+    assert named == {0, 1}  # each answer streams its own call
