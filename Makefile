@@ -21,7 +21,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint tools bench clean
+.PHONY: install run test lint tools bench bench-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,8 +46,14 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/strato serve --host $(STRATO_HOST) --port $(STRATO_PORT)
 
-test: install node_modules/.installed lint
+test: install node_modules/.installed lint bench-deps
 	$(BIN)/python -m pytest
+
+# The benchmark's S3 stand-in (bench/s3_standin.py) is nginx; a clean Debian machine
+# lacks it. Root and apt, as on CI; nothing is started (the benchmark runs its own).
+bench-deps:
+	command -v nginx >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light; }
 
 clean:
 	rm -rf $(VENV) $(TOOLS) node_modules .pytest_cache

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from tiers.errors import ObjectNotFound, SourceUnavailable, StorageError, TransientError
+from tiers.timing import span
 
 SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "file")
 
@@ -47,7 +48,8 @@ def _env_key(*names: str) -> tuple[str | None, ...]:
 
 def _make(scheme: str) -> Any:
     if scheme == "s3":
-        import s3fs
+        with span("import s3fs"):
+            import s3fs
 
         # botocore reads AWS_ENDPOINT_URL itself; s3fs must not cache listings across
         # writers (manifests are mutable).
