@@ -141,7 +141,8 @@ class Run:
 def first_output(argv: list[str], env: dict[str, str]) -> tuple[float, str, str]:
     """Seconds from Popen to the child's first stdout byte; then its stdout and stderr."""
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            bufsize=0)          # unbuffered: read(1) takes one byte
     assert proc.stdout is not None
     first = proc.stdout.read(1)
     seconds = time.monotonic() - start
@@ -185,7 +186,7 @@ class Bench:
                     "STRATO_REGISTRY": f"s3://{BUCKET}/registry",
                     "STRATO_LOG_LEVEL": "WARNING"}
         self.py = sys.executable
-        self.strato = str(Path(sys.executable).with_name("strato"))
+        self.strato_exe = str(Path(sys.executable).with_name("strato"))
         self.round = 0
 
     def fresh_dir(self, what: str) -> Path:
@@ -221,7 +222,7 @@ class Bench:
         env = {**self.env, "STRATO_TIERS": tiers or f"ram:{gib}GiB,disk:{where}:{2 * gib}GiB",
                "STRATO_THREADS": str(self.args.threads), "STRATO_CTX": "256"}
         seconds, _, err = first_output(
-            [self.strato, "run", model.name, PROMPT, "--max-tokens", "1", "--temperature",
+            [self.strato_exe, "run", model.name, PROMPT, "--max-tokens", "1", "--temperature",
              "0", "--timings"], env)
         shutil.rmtree(where, ignore_errors=True)
         return Run(seconds, strato_phases(err))

@@ -84,10 +84,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from core.serving import GenerationRequest, SamplingParams
-    from handlers.http import build_service
+    # The model manager itself, not handlers.http's build_service: the HTTP stack
+    # (Starlette) is not needed for one answer and costs a cold start its import.
+    from core.serving import GenerationRequest, ModelManager, SamplingParams
 
-    service = build_service(settings)
+    service = ModelManager(settings)
     try:
         engine = await service.engine(args.model)
         ready: float | None = boottime()

@@ -29,7 +29,7 @@ PHASES = {
     "import_llama_cpp": "import llama_cpp",
     "manifest": "manifest",
     "header": "fetch start -> header verified",
-    "fetch": "tensor fetch (verified, in the RAM tier)",
+    "fetch": "tensor fetch (verified, written)",
     "llama_load": "llama.cpp model + context",
     "gate_wait": "  of which held at the tensor gate",
     "first_token": "first token",
