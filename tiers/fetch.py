@@ -29,6 +29,7 @@ IN_FLIGHT = 256 << 20   # bytes all streams' coalesced reads may hold at once
 MAX_RUN = 64 << 20      # and one read at most, whatever the stream count
 LOG_EVERY = 2.0
 MIN_PER_STREAM = 16 << 20   # a stream that carries less spends more on its request
+HEADER_PARTS = 4            # the header's chunks are read as this many ranges at once
 
 
 def streams_for(size: int, limit: int) -> int:
@@ -264,7 +265,7 @@ class ChunkFetch:
             raise SourceUnavailable("load cancelled")
         bounds = [self._stored(i) for i in run]
         lo = bounds[0][0]
-        blob = self._fetch(lo, bounds[-1][1])  # chunks are views into the one read
+        blob = self._fetch(lo, bounds[-1][1], self._parts(run[0]))  # chunks: views into it
         out: list[tuple[int, bytes | memoryview | None]] = []
         for index, (a, b) in zip(run, bounds):
             try:
@@ -303,7 +304,13 @@ class ChunkFetch:
 
     def _read(self, index: int) -> bytes | memoryview:
         """Chunk `index` alone, verified."""
-        return self._checked(index, self._fetch(*self._stored(index)))
+        return self._checked(index, self._fetch(*self._stored(index), self._parts(index)))
+
+    def _parts(self, index: int) -> int:
+        """Ranges to read a run starting at chunk `index` with: the header's as several
+        at once (everything else waits on the header: the model build, /v1/models; a
+        connection's cap would make one 8 MiB read of it take 0.1 s at 80 MB/s)."""
+        return HEADER_PARTS if index < self.plan.header_chunks else 1
 
     def _stored(self, index: int) -> tuple[int, int]:
         """Where chunk `index` is in the stored object: its zstd frame, or its bytes."""
@@ -312,10 +319,19 @@ class ChunkFetch:
             return self.plan.frame_offsets[index], self.plan.frame_offsets[index + 1]
         return chunk_range(index, self.size, self.plan.chunk_size)
 
-    def _fetch(self, lo: int, hi: int) -> memoryview:
-        """One ranged read of stored bytes [lo, hi); a short answer fails its chunks."""
-        raw = remote.read_range(self.plan.url, lo, hi)
-        self._count(bytes=len(raw), requests=1)
+    def _fetch(self, lo: int, hi: int, parts: int = 1) -> memoryview:
+        """Stored bytes [lo, hi) as one ranged read, or `parts` concurrent ones joined;
+        a short answer fails its chunks."""
+        if parts > 1 and hi - lo >= parts << 20:
+            step = -(-(hi - lo) // parts)
+            bounds = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+            with ThreadPoolExecutor(len(bounds), thread_name_prefix="strato-head") as pool:
+                pieces = list(pool.map(lambda b: remote.read_range(self.plan.url, *b), bounds))
+            raw = b"".join(pieces)
+        else:
+            bounds = [(lo, hi)]
+            raw = remote.read_range(self.plan.url, lo, hi)
+        self._count(bytes=len(raw), requests=len(bounds))
         if len(raw) != hi - lo:
             raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
         return memoryview(raw)
