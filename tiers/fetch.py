@@ -128,9 +128,15 @@ class ChunkFetch:
                          head=self.plan.header_chunks)
         self.stats.started = boottime()
         self.stats.streams = min(self.streams, len(runs))
+        # The header's run goes alone, the rest once it has landed: streams share the
+        # bandwidth (and, on a small machine, the CPU) evenly, so a header read beside
+        # all the others would land as late as they do, and everything that waits on
+        # the header (the model build, /v1/models) with it.
+        later = runs[1:] if runs and runs[0][0] < self.plan.header_chunks else []
         with ThreadPoolExecutor(max_workers=self.streams,
                                 thread_name_prefix="strato-fetch") as pool:
-            pending: set[Future] = {pool.submit(self._run, run) for run in runs}
+            pending: set[Future] = {pool.submit(self._run, run)
+                                    for run in (runs[:1] if later else runs)}
             try:
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -139,6 +145,9 @@ class ChunkFetch:
                             self.landed[index] = True
                             self.done_bytes += _length(index, self.size,
                                                        self.plan.chunk_size)
+                    if later:
+                        pending |= {pool.submit(self._run, run) for run in later}
+                        later = []
                     self._advance()
                     self._report(Progress(self.plan.label, self.done_bytes, self.size,
                                           time.monotonic() - self.start))
