@@ -14,20 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import BadRequest
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
-          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
-          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592. Binary units; a bare number is bytes."""
-    s = text.strip().lower().replace(" ", "")
-    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(digits):]
-    if not digits or unit not in _UNITS:
-        raise BadRequest(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")
-    return int(float(digits) * _UNITS[unit])
+from tiers.tier_config import parse_size
 
 
 def default_cache_dir() -> Path:
@@ -97,7 +84,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                 raise BadRequest(f"STRATO_{name} must be an integer, got {v!r}") from None
     for name, attr in sizes.items():
         if (v := _env(env, name)) is not None:
-            kwargs[attr] = parse_size(v)
+            try:
+                kwargs[attr] = parse_size(v)
+            except ValueError as exc:
+                raise BadRequest(f"STRATO_{name}: {exc}") from None
     for name, attr in floats.items():
         if (v := _env(env, name)) is not None:
             try:

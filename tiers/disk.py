@@ -55,6 +55,9 @@ class DiskTier:
         self._lock = threading.RLock()
         self._pins = PinCounts(self._lock)
 
+    def close(self) -> None:
+        """Nothing is held open between calls: files are opened per read and write."""
+
     # -- reading -----------------------------------------------------------------------
 
     def _blob(self, digest: str) -> Path:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import metrics
 from core.config import Settings
@@ -36,6 +36,7 @@ from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, 
 from core.catalog.resolver import Resolver, Source
 from core.serving.loader_setup import build_loader, describe_tiers
 from core.serving.load_timings import LoadTimings
+from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
 from tiers.gate import EarlyBlob
@@ -43,6 +44,9 @@ from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
 from tiers.timing import boottime, span
 from tiers.vram import oom_attempts
+
+if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
+    from core.engine.llama import LlamaEngine, ParkedModel
 
 log = logging.getLogger("strato.models")
 
@@ -56,7 +60,7 @@ class _Parked:
     keeps its bytes in place while it waits."""
 
     key: str
-    model: Any
+    model: ParkedModel
     handle: ModelHandle
 
     def free(self) -> None:
@@ -65,7 +69,7 @@ class _Parked:
         self.handle.release()
 
 
-def _engine_class() -> Any:
+def _engine_class() -> type[LlamaEngine]:
     with span("import llama_cpp"):
         from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
@@ -163,8 +167,7 @@ class ModelManager:
         await asyncio.to_thread(self._drop_parked)
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
-            if hasattr(tier, "close"):
-                tier.close()
+            tier.close()
 
     # -- loading --------------------------------------------------------------------
 
@@ -410,11 +413,7 @@ class ModelManager:
             return self.resolver.local_plan(ref, digest)
 
     def _cached_digest(self, ref: RegistryRef) -> str | None:
-        for tier in self.loader.tiers:
-            for e in tier.entries():
-                if e.meta.get("name") == str(ref):
-                    return e.digest
-        return None
+        return next(iter(find_digests(self.loader.tiers, names=(str(ref),))), None)
 
     def _prefetch_bytes(self, key: str) -> None:
         """Promoter thread: bring a likely-next model's bytes into the tiers, no engine."""
