@@ -275,8 +275,9 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 
 def synthetic(cache: Path) -> Path:
-    from core.catalog.bundled import default_model_path
     import synthetic_gguf
+
+    from core.catalog.bundled import default_model_path
 
     out = cache / f"gemma3-4b-shape-q4k-v{synthetic_gguf.VERSION}.gguf"
     if not out.exists():

@@ -100,7 +100,7 @@ def write(source: Path, out: Path, seed: int = 0) -> Path:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for name, shape, kind in tensors:
+    for _, shape, kind in tensors:
         writer.write_tensor_data(data(shape, kind))
     writer.close()
     tmp.rename(out)

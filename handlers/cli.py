@@ -20,9 +20,19 @@ from typing import Any, Callable, Sequence
 from core.config import Settings, from_env, validate
 from core.errors import BadRequest, StratoError
 from handlers.cli_format import human_size, local_models, table
-from handlers.cli_registry import (_cache_flags, _local_cache, _pull_flags, _push_flags,
-                                   _registry_flag, _rm_flags, cmd_cache, cmd_list_remote,
-                                   cmd_pull, cmd_push, cmd_rm)
+from handlers.cli_registry import (
+    _cache_flags,
+    _local_cache,
+    _pull_flags,
+    _push_flags,
+    _registry_flag,
+    _rm_flags,
+    cmd_cache,
+    cmd_list_remote,
+    cmd_pull,
+    cmd_push,
+    cmd_rm,
+)
 from tiers.errors import StorageError
 from tiers.timing import boottime, mark, process_start
 

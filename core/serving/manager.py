@@ -26,16 +26,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import metrics
-from core.config import Settings
-from core.errors import ModelUnavailable, OutOfMemory, StratoError
-from core.engine.protocol import Engine, ModelInfo
-from core.serving.promotion import Promoter
 from core.catalog.references import DigestRef, Reference, RegistryRef
-from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
-                            to_unload)
 from core.catalog.resolver import Resolver, Source
-from core.serving.loader_setup import build_loader, describe_tiers
+from core.config import Settings
+from core.engine.protocol import Engine, ModelInfo
+from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.serving.load_timings import LoadTimings
+from core.serving.loader_setup import build_loader, describe_tiers
+from core.serving.promotion import Promoter
+from core.serving.residency import (
+    Loaded,
+    Resident,
+    TrackedEngine,
+    footprint,
+    memory_budget,
+    to_unload,
+)
 from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
@@ -287,7 +293,7 @@ class ModelManager:
                       need)
 
     async def _fetch_and_build(self, key: str, source: Source, timings: LoadTimings
-                               ) -> tuple[ModelHandle, Any | None, int]:
+                               ) -> tuple[ModelHandle, LlamaEngine | None, int]:
         """The loader's fetch, and beside it the llama.cpp build when the blob streams
         into the RAM tier: (handle, engine or None, footprint).
 
@@ -314,21 +320,22 @@ class ModelManager:
         fetch = asyncio.ensure_future(asyncio.to_thread(
             self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
             on_progress=lambda p: self._on_progress(key, p), on_early=on_early))
-        await asyncio.wait({fetch, offered}, return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [fetch, offered]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not offered.done():
             offered.cancel()
             handle = await fetch
             timings.add_fetch(handle.fetch)
             return handle, None, 0
         blob = offered.result()
-        build: asyncio.Future[Any] | None = None
+        build: asyncio.Future[LlamaEngine] | None = None
         try:
             need = footprint(blob.size, self.settings.ctx, blob.header.block_count or 0,
                              in_ram_tier=True)
             await self._make_room(key, need)
             build = asyncio.ensure_future(asyncio.to_thread(
                 self._build_early, key, blob, source, timings))
-            handle, engine = await asyncio.gather(fetch, build, return_exceptions=True)
+            fetched, built = await asyncio.gather(fetch, build, return_exceptions=True)
         finally:
             if build is None or build.done():
                 blob.close()
@@ -338,19 +345,19 @@ class ModelManager:
                 done = (await asyncio.gather(fetch, return_exceptions=True))[0]
                 if isinstance(done, ModelHandle):
                     done.release()
-        if isinstance(handle, BaseException):
-            if not isinstance(engine, BaseException):
-                await asyncio.to_thread(engine.close)
-            raise handle
-        timings.add_fetch(handle.fetch)
-        if isinstance(engine, BaseException):
-            handle.release()
-            raise engine
-        engine.path = handle.path        # the tier's descriptor: what a later load names
-        return handle, engine, need
+        if isinstance(fetched, BaseException):
+            if not isinstance(built, BaseException):
+                await asyncio.to_thread(built.close)
+            raise fetched
+        timings.add_fetch(fetched.fetch)
+        if isinstance(built, BaseException):
+            fetched.release()
+            raise built
+        built.path = fetched.path        # the tier's descriptor: what a later load names
+        return fetched, built, need
 
     def _build_early(self, key: str, blob: EarlyBlob, source: Source,
-                     timings: LoadTimings) -> Any:
+                     timings: LoadTimings) -> LlamaEngine:
         """Loader-side thread: the engine over a blob still streaming into the RAM tier,
         held at its gate (the wait is its own phase in the timings)."""
         start = boottime()
@@ -426,7 +433,7 @@ class ModelManager:
     def _load_engine(self, key: str, path: str, source: Source,
                      handle: ModelHandle | None, parked: _Parked | None, *,
                      hold: Any = None, header: GGUFHeader | None = None,
-                     size: int = 0) -> Any:
+                     size: int = 0) -> LlamaEngine:
         """LlamaEngine.load with the planned GPU layers; on a GPU, a load that runs out
         of memory is retried with fewer layers (tiers.vram.oom_attempts) before giving
         up. Any other failure (a corrupt file) is final: fewer layers would not help.
