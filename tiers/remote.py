@@ -172,10 +172,54 @@ def info(url: str) -> RemoteInfo:
 
 
 def read_range(url: str, start: int, end: int) -> bytes:
-    """Bytes [start, end) of an object; fewer at end of object (the caller checks)."""
+    """Bytes [start, end) of an object; fewer at end of object (the caller checks).
+
+    S3 ranges go through botocore's own (threaded, urllib3) client rather than s3fs's
+    event loop: the loader reads from many threads at once, and s3fs funnels every
+    byte through one asyncio thread and aiohttp. Measured on the benchmark's S3
+    stand-in (2 cores, 16 streams, 2.4 GB): 1.0-1.2 GB/s and 1.1-1.3 CPU s with
+    botocore, 0.5-0.6 GB/s and 2.1-2.3 CPU s with s3fs.
+    """
+    if scheme_of(url) == "s3":
+        return _s3_range(url, start, end)
     fs, path = filesystem(url)
     with translated(url):
         return fs.cat_file(path, start=start, end=end)
+
+
+def _s3_client() -> Any:
+    """One botocore S3 client per configuration (thread-safe; a connection per stream)."""
+    key = ("s3-botocore", _env_key(*_ENV_OF["s3"]))
+    with _lock:
+        client = _cache.get(key)
+        if client is None:
+            import botocore.config
+            import botocore.session
+
+            client = _cache[key] = botocore.session.get_session().create_client(
+                "s3", config=botocore.config.Config(max_pool_connections=64,
+                                                    retries={"max_attempts": 1}))
+    return client
+
+
+def _s3_range(url: str, start: int, end: int) -> bytes:
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    if end <= start:
+        return b""
+    with translated(url):
+        try:
+            response = _s3_client().get_object(Bucket=bucket, Key=key,
+                                               Range=f"bytes={start}-{end - 1}")
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+                return b""                   # starts at or past the end: nothing there
+            raise
+        body = response["Body"]
+        try:
+            data: bytes = body.read()
+        finally:
+            body.close()
+        return data
 
 
 def read_bytes(url: str) -> bytes:
