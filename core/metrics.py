@@ -52,7 +52,7 @@ load_throughput_bytes = Gauge("strato_load_throughput_bytes_per_second",
 # phases of each load (core/serving/load_timings.py): where a cold start's time goes
 load_phase_seconds = Histogram("strato_load_phase_seconds",
                                "Seconds per phase of a model load (process start to first "
-                               "token): settings, imports, manifest, header, fetch, "
+                               "token): settings, import_*, manifest, header, fetch, "
                                "verify_cpu, tier_writes, llama_load, gate_wait, first_token.",
                                ["phase"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 load_fetch_bytes = Histogram("strato_load_fetch_bytes", "Bytes read from the remote per load.",

@@ -5,7 +5,7 @@ A cold start is many phases, some in sequence and some side by side (the fetch s
 while llama.cpp builds the model): each phase is kept as a span on one clock
 (tiers.timing, the clock of the process's own start), so a table of start, end and
 length shows both where the time goes and what overlapped. The process's one-off
-phases (settings, importing s3fs and llama_cpp) belong to the first load only.
+phases (settings, importing botocore or s3fs, and llama_cpp) belong to the first load only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ log = logging.getLogger("strato.models")
 # Display names and the metric label of every phase, in the order a cold start runs.
 PHASES = {
     "settings": "process start -> settings",
+    "import_botocore": "import botocore",
     "import_s3fs": "import s3fs",
     "import_llama_cpp": "import llama_cpp",
     "manifest": "manifest",
@@ -34,7 +35,8 @@ PHASES = {
     "gate_wait": "  of which held at the tensor gate",
     "first_token": "first token",
 }
-_ONE_OFF = {"settings": "settings", "import s3fs": "import_s3fs",
+_ONE_OFF = {"settings": "settings", "import botocore": "import_botocore",
+            "import s3fs": "import_s3fs",
             "import llama_cpp": "import_llama_cpp"}
 
 
