@@ -63,8 +63,8 @@ class EarlyBlob:
 
     fd: int
     size: int
-    header: GGUFHeader
-    gate: TensorGate = field(default_factory=TensorGate)
+    header: GGUFHeader | None    # None when offered on the verified header chunks,
+    gate: TensorGate = field(default_factory=TensorGate)  # before strato parsed them
 
     @property
     def path(self) -> str:

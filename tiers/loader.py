@@ -262,13 +262,18 @@ class Loader:
         writers: list[tuple[Tier, Any]] = []
         early: list[EarlyBlob] = []
 
-        def header_seen(header: GGUFHeader) -> None:
-            if on_header is not None:
-                on_header(header)
+        def offer_early(header: GGUFHeader | None) -> None:
             first = writers[0][1]
             if on_early is not None and not early and hasattr(first, "share"):
                 early.append(EarlyBlob(first.share(), size, header))
                 on_early(early[0])
+
+        def header_seen(header: GGUFHeader) -> None:
+            if on_header is not None:
+                on_header(header)
+            if early:
+                early[0].header = header
+            offer_early(header)
 
         try:
             for tier in chosen:
@@ -284,7 +289,8 @@ class Loader:
                 writers.append((tier, writer))
             job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
                              retries=self.retries, backoff=self.backoff,
-                             on_header=header_seen, on_progress=on_progress, start=start)
+                             on_header=header_seen, on_progress=on_progress, start=start,
+                             on_head=lambda: offer_early(None))
             header, digest = job.run()
             self._headers[digest] = header
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,

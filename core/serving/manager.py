@@ -330,8 +330,9 @@ class ModelManager:
         blob = offered.result()
         build: asyncio.Future[LlamaEngine] | None = None
         try:
-            need = footprint(blob.size, self.settings.ctx, blob.header.block_count or 0,
-                             in_ram_tier=True)
+            n_layers = (blob.header.block_count if blob.header is not None else
+                        source.manifest.gguf.block_count if source.manifest else 0)
+            need = footprint(blob.size, self.settings.ctx, n_layers or 0, in_ram_tier=True)
             await self._make_room(key, need)
             build = asyncio.ensure_future(asyncio.to_thread(
                 self._build_early, key, blob, source, timings))
