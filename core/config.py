@@ -42,6 +42,12 @@ class Settings:
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
     prefetch_threshold: float = 0.5          # STRATO_PREFETCH_THRESHOLD
     n_gpu_layers: int | None = None          # STRATO_GPU_LAYERS: None = computed
+    # Lambda (handlers/aws_lambda.py, handlers/lambda_modes.py): seconds of process age after
+    # which an on-demand init returns and lets the model load on; 0 waits for the load.
+    init_budget: float = 8.0                 # STRATO_INIT_BUDGET
+    # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory):
+    # None = llama.cpp's default (on); Lambda Managed Instances turn it off (README).
+    repack: bool | None = None               # STRATO_REPACK: 1/0
     log_level: str = "INFO"                  # STRATO_LOG_LEVEL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -73,7 +79,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "MAX_TOKENS_LIMIT": "max_tokens_limit"}
     sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
     floats = {"LOAD_TIMEOUT": "load_timeout", "PROMOTE_PER_HOUR": "promote_per_hour",
-              "PREFETCH_THRESHOLD": "prefetch_threshold"}
+              "PREFETCH_THRESHOLD": "prefetch_threshold", "INIT_BUDGET": "init_budget"}
     strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
                "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}
     for name, attr in ints.items():
@@ -97,6 +103,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     for name, attr in strings.items():
         if (v := _env(env, name)) is not None:
             kwargs[attr] = v
+    if (v := _env(env, "REPACK")) is not None:
+        if v.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
+            raise BadRequest(f"STRATO_REPACK must be 1 or 0, got {v!r}")
+        kwargs["repack"] = v.strip().lower() in ("1", "true", "on")
     if (v := _env(env, "ALLOWED_SOURCES")) is not None:
         kwargs["allowed_sources"] = tuple(p.strip() for p in v.split(",") if p.strip())
     return validate(Settings(**kwargs))
@@ -105,6 +115,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 def validate(settings: Settings) -> Settings:
     if not 0 < settings.port < 65536:
         raise BadRequest(f"port out of range: {settings.port}")
+    if settings.init_budget < 0:
+        raise BadRequest(f"init_budget must be 0 (off) or positive, got {settings.init_budget}")
     for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
         if getattr(settings, attr) <= 0:
             raise BadRequest(f"{attr} must be positive, got {getattr(settings, attr)}")

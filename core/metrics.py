@@ -8,6 +8,7 @@ the same events also go to EMF through Powertools in handlers/aws_lambda.py.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -65,6 +66,18 @@ load_fetch_mbps = Histogram("strato_load_fetch_megabytes_per_second",
                             "Fetch throughput per load (MB/s over the whole fetch).",
                             buckets=(10, 25, 50, 100, 200, 400, 800, 1600, 3200),
                             registry=REGISTRY)
+
+
+def reset() -> None:
+    """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a
+    new environment, and the snapshot's counts belong to the one that was snapshotted."""
+    for collector in list(REGISTRY._collector_to_names):   # no public list of collectors
+        if not isinstance(collector, MetricWrapperBase):
+            continue
+        if collector._labelnames:
+            collector.clear()                # labelled: drop every child
+        else:
+            collector._metric_init()  # type: ignore[no-untyped-call]  # unlabelled: anew
 
 
 def render() -> bytes:

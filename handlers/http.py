@@ -24,13 +24,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core import metrics
-from core.openai import responses, schemas
 from core.config import Settings, from_env
 from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
-from core.serving import Engine, GenerationRequest, TokenEvent
-from core.serving import ModelService
-from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
-                           read_json, unless_disconnected)
+from core.openai import responses, schemas, tokenize, tools
+from core.openai.tool_output import OutputParser, collect, prompt_opens_think
+from core.serving import Engine, GenerationRequest, ModelService, TokenEvent
+from handlers.asgi import (
+    ClientGone,
+    EventStream,
+    Gate,
+    JSONResponse,
+    error_response,
+    read_json,
+    unless_disconnected,
+)
 from tiers.errors import StorageError
 
 log = logging.getLogger("strato.http")
@@ -92,9 +99,16 @@ class Api:
         body = schemas.parse_chat(await read_json(request, self.settings.max_body),
                                   max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        prompt = engine.render_chat(body.messages)
-        return await self._generate(request, "chat", engine, prompt, body.decoding,
-                                    arrived, echo="")
+        spec = body.tools if body.tools is not None and body.tools.active else None
+        prompt = engine.render_chat(body.messages, spec.tools if spec else ())
+        forced = tools.forced_call(spec)
+        parser = OutputParser(spec.names() if spec else None,
+                              in_think=prompt_opens_think(prompt),
+                              prefix=forced.prefix if forced else "")
+        return await self._generate(request, "chat", engine,
+                                    prompt + (forced.prefix if forced else ""),
+                                    body.decoding, arrived, echo="", parser=parser,
+                                    tool_grammar=forced.grammar if forced else None)
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()
@@ -112,11 +126,28 @@ class Api:
             model=engine.info.name, vectors=vectors, prompt_tokens=tokens,
             encoding_format=body.encoding_format))
 
+    async def tokenize(self, request: Request) -> Response:
+        body = tokenize.parse_tokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        ids = engine.tokenize(body.content, add_bos=body.add_special)
+        pieces = [engine.detokenize([t]) for t in ids] if body.with_pieces else None
+        return JSONResponse(tokenize.tokens_body(ids, pieces))
+
+    async def detokenize(self, request: Request) -> Response:
+        body = tokenize.parse_detokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        return JSONResponse({"content": engine.detokenize(body.tokens)})
+
     async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
-                        decoding: schemas.Decoding, arrived: float, echo: str) -> Response:
+                        decoding: schemas.Decoding, arrived: float, echo: str,
+                        parser: OutputParser | None = None,
+                        tool_grammar: str | None = None) -> Response:
+        """`parser` splits a chat answer (content, reasoning, tool calls); a forced tool
+        call's grammar takes the place of response_format's."""
         gen = engine.generate(GenerationRequest(
             prompt=prompt, max_tokens=self._max_tokens(engine, prompt, decoding),
-            sampling=decoding.sampling, stop=decoding.stop, grammar=_grammar(decoding)))
+            sampling=decoding.sampling, stop=decoding.stop,
+            grammar=tool_grammar or _grammar(decoding)))
         created = int(time.time())
         rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
         model = engine.info.name
@@ -132,7 +163,7 @@ class Api:
         ttft = time.perf_counter() - arrived
         if decoding.stream:
             writer = responses.ChunkWriter(kind, rid, created, model)
-            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo),
+            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo, parser),
                                headers={"Cache-Control": "no-cache",
                                         "X-Accel-Buffering": "no"})
         try:
@@ -140,13 +171,16 @@ class Api:
         finally:
             await gen.aclose()
         self._observe(kind, model, ttft, last)
-        build = responses.chat_completion if kind == "chat" else responses.text_completion
-        return JSONResponse(build(id=rid, created=created, model=model, text=echo + text,
-                                  last=last))
+        if parser is not None:
+            return JSONResponse(responses.chat_completion(
+                id=rid, created=created, model=model, last=last,
+                output=collect(parser.feed(text) + parser.finish())))
+        return JSONResponse(responses.text_completion(
+            id=rid, created=created, model=model, text=echo + text, last=last))
 
     async def _sse(self, writer: responses.ChunkWriter, gen: AsyncIterator[TokenEvent],
                    event: TokenEvent, decoding: schemas.Decoding, ttft: float,
-                   echo: str) -> AsyncIterator[bytes]:
+                   echo: str, parser: OutputParser | None) -> AsyncIterator[bytes]:
         """SSE bytes for one stream; the finally closes the engine's generator."""
         try:
             if writer.kind == "chat":
@@ -155,11 +189,17 @@ class Api:
                 yield writer.token(echo)
             while True:
                 if event.text:
-                    yield writer.token(event.text)
+                    if parser is None:
+                        yield writer.token(event.text)
+                    else:
+                        for piece in parser.feed(event.text):
+                            yield writer.delta(piece)
                 if event.finish_reason is not None:
                     break
                 event = await gen.__anext__()
-            yield writer.finish(event)
+            for piece in parser.finish() if parser is not None else ():
+                yield writer.delta(piece)
+            yield writer.finish(event, tool_calls=parser is not None and parser.calls > 0)
             if decoding.include_usage:
                 yield writer.usage(event)
             yield responses.DONE
@@ -238,6 +278,8 @@ def create_app(settings: Settings, service: ModelService, *,
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{ref:path}/load", api.load, methods=["POST"]),
         Route("/v1/cache", api.cache, methods=["GET"]),

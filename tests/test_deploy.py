@@ -121,7 +121,7 @@ def test_stream_function_runs_the_same_app_through_the_web_adapter() -> None:
     assert fn["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
     assert fn["Layers"][-1].endswith(":layer:LambdaAdapterLayerArm64:27")
     run_sh = (ROOT / "infra" / "lambda" / "run.sh").read_text()
-    assert "uvicorn handlers.http:app" in run_sh and fn["Handler"] == "run.sh"
+    assert "uvicorn handlers.lambda_stream:app" in run_sh and fn["Handler"] == "run.sh"
 
 
 def test_image_function_uses_the_same_handler() -> None:

@@ -6,10 +6,18 @@ import base64
 import json
 import struct
 
-from core.errors import ContextOverflow, ModelUnavailable, QueueFull
 from core.engine.protocol import ModelInfo, TokenEvent
-from core.openai.responses import (DONE, ChunkWriter, chat_completion, embeddings, error_body,
-                            model_list, text_completion)
+from core.errors import ContextOverflow, ModelUnavailable, QueueFull
+from core.openai.responses import (
+    DONE,
+    ChunkWriter,
+    chat_completion,
+    embeddings,
+    error_body,
+    model_list,
+    text_completion,
+)
+from core.openai.tool_output import Collected
 from tiers.errors import IntegrityError
 
 
@@ -25,7 +33,8 @@ def test_chat_chunks_are_valid_json_with_escaped_text():
     w = ChunkWriter("chat", "chatcmpl-1", 123, "gemma")
     role = decode(w.role())
     assert role["object"] == "chat.completion.chunk" and role["id"] == "chatcmpl-1"
-    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": "",
+                                           "refusal": None}
     tricky = 'a "quote"\n\\ é 🙂 </s>'
     tok = decode(w.token(tricky))
     assert tok["choices"][0]["delta"] == {"content": tricky}
@@ -49,13 +58,16 @@ def test_text_chunks():
 
 
 def test_complete_objects():
-    chat = chat_completion(id="c", created=1, model="m", text="hello", last=LAST)
-    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    chat = chat_completion(id="c", created=1, model="m", output=Collected("hello", None),
+                           last=LAST)
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello",
+                                             "refusal": None}
     assert chat["usage"]["total_tokens"] == 10
     text = text_completion(id="t", created=1, model="m", text="x", last=LAST)
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
     cancelled = TokenEvent(text="", finish_reason="cancelled")
-    assert chat_completion(id="c", created=1, model="m", text="", last=cancelled
+    assert chat_completion(id="c", created=1, model="m", output=Collected("", None),
+                           last=cancelled
                            )["choices"][0]["finish_reason"] == "stop"
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
-from core.openai.schemas import (ResponseFormat, load_json, parse_chat, parse_completion,
-                          parse_embeddings)
+from core.errors import BadRequest
+from core.openai.schemas import (
+    ResponseFormat,
+    load_json,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+)
 
 LIMIT = 4096
 MSG = [{"role": "user", "content": "hi"}]
@@ -110,7 +115,7 @@ def test_text_parts_are_joined_and_images_refused():
 
 def test_assistant_without_content_is_allowed():
     req = chat(messages=MSG + [{"role": "assistant", "content": None}])
-    assert req.messages[1] == {"role": "assistant", "content": ""}
+    assert req.messages[1] == {"role": "assistant", "content": None}  # as templates expect
 
 
 def test_stream_options_only_count_when_streaming():
@@ -134,7 +139,7 @@ def test_response_format():
 
 
 def test_unsupported_features_are_refused_not_ignored():
-    assert refused(chat, tools=[{"type": "function"}]).param == "tools"
+    assert refused(chat, tools=[{"type": "function"}]).param == "tools[0].function"
     assert refused(chat, logprobs=True).param == "logprobs"
     assert chat(tools=[]).messages  # an empty tool list asks for nothing
 

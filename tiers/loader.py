@@ -33,6 +33,7 @@ import blake3
 
 from tiers import remote
 from tiers.base import BlobPlan, Tier, TierStats, find_digests
+from tiers.disk import fetch_lock
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, FetchStats, Progress
 from tiers.gate import EarlyBlob
@@ -138,7 +139,10 @@ class Loader:
         opens once every chunk is verified and committed, or fails with its error.
         """
         start = time.monotonic()
-        with self._lock_for(plan.digest or plan.url):
+        # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
+        # whoever waited finds the blob committed and takes the hit path below.
+        with self._lock_for(plan.digest or plan.url), \
+                fetch_lock(self.tiers, plan.digest or plan.url):
             digest = plan.digest or self._remembered(plan.url, revalidate)
             if digest is not None:
                 handle = self._hit(digest, plan, start, promote)

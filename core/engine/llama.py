@@ -250,6 +250,8 @@ class LlamaEngine:
         gate = _held_at_gate(hold) if hold is not None else None
         if gate is not None:
             mparams.progress_callback = gate       # referenced until the load returns
+        if settings.repack is not None:      # off: weights stay in the shared mapping
+            mparams.use_extra_bufts = settings.repack
         _recent.lines = []
         try:
             model = parked.take(path, n_gpu_layers) if parked is not None else None
@@ -326,10 +328,26 @@ class LlamaEngine:
             tokens.pop(0)
         return tokens
 
-    def render_chat(self, messages: Seq[dict[str, Any]]) -> str:
+    def detokenize(self, tokens: Seq[int]) -> str:
+        """Text of `tokens` with special tokens spelled out (llama-server's /detokenize)."""
+        bad = next((i for i, t in enumerate(tokens) if not 0 <= t < self._n_vocab), None)
+        if bad is not None:
+            raise BadRequest(f"tokens[{bad}] is {tokens[bad]}, not a token of this model "
+                             f"(0..{self._n_vocab - 1})", param=f"tokens[{bad}]")
+        ids = (ll.llama_token * max(1, len(tokens)))(*tokens)
+        cap = len(tokens) * 16 + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(cap)
+            n = ll.llama_detokenize(self._vocab, ids, len(tokens), buf, cap, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+        raise RuntimeError("llama_detokenize kept asking for a larger buffer")
+
+    def render_chat(self, messages: Seq[dict[str, Any]], tools: Seq[Any] = ()) -> str:
         return chat.render(messages, template=self.info.chat_template,
                            architecture=self.info.architecture, bos_token=self._bos_text,
-                           eos_token=self._eos_text)
+                           eos_token=self._eos_text, tools=tools)
 
     # -- generation ---------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> "Stream":

@@ -75,7 +75,13 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str: ...
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens` (special tokens spelled out); BadRequest for an unknown id."""
+        ...
+
+    def render_chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] = ()) -> str:
+        """The prompt for chat messages; `tools` are core.openai.tools.Tool values."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Stream tokens. Closing the generator early (`aclose()`, client gone) frees the

@@ -4,6 +4,8 @@ Plain dicts and bytes, no web framework: the HTTP handler, the Lambda handler (t
 the same app) and the CLI all render the same shapes. Per-token work is one
 `json.dumps` of the token text spliced between pre-encoded halves of the chunk, so a
 stream adds microseconds per token, not a dict build and a full serialisation.
+`system_fingerprint` is left out: OpenAI's schema makes it a string when present, and
+strato has no backend fingerprint to give.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from core.errors import StratoError, status_of
 from core.engine.protocol import ModelInfo, TokenEvent
+from core.errors import StratoError, status_of
+from core.openai.tool_output import Collected, Delta
 
 DONE = b"data: [DONE]\n\n"
 
@@ -26,9 +29,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def finish_reason(event: TokenEvent) -> str:
-    """OpenAI knows "stop" and "length"; a cancelled stream never reaches a client."""
-    return "length" if event.finish_reason == "length" else "stop"
+def finish_reason(event: TokenEvent, tool_calls: bool = False) -> str:
+    """"length", else "tool_calls" when the turn called tools, else "stop"; a cancelled
+    stream never reaches a client."""
+    if event.finish_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -43,22 +49,33 @@ def sse(obj: Any) -> bytes:
 # --- complete (non-streamed) answers ---------------------------------------------------
 
 
-def chat_completion(*, id: str, created: int, model: str, text: str,
+def chat_completion(*, id: str, created: int, model: str, output: Collected,
                     last: TokenEvent) -> dict[str, Any]:
     return {
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": finish_reason(last)}],
+        "choices": [{"index": 0, "message": chat_message(output),
+                     "logprobs": None,
+                     "finish_reason": finish_reason(last, bool(output.tool_calls))}],
         "usage": usage(last.prompt_tokens, last.completion_tokens),
     }
+
+
+def chat_message(output: Collected) -> dict[str, Any]:
+    """The assistant message: `refusal` is always null (strato never refuses on its
+    own), `tool_calls` and `reasoning_content` appear only when there are some."""
+    message: dict[str, Any] = {"role": "assistant", "content": output.content,
+                               "refusal": None}
+    if output.reasoning is not None:
+        message["reasoning_content"] = output.reasoning
+    if output.tool_calls:
+        message["tool_calls"] = output.tool_calls
+    return message
 
 
 def text_completion(*, id: str, created: int, model: str, text: str,
                     last: TokenEvent) -> dict[str, Any]:
     return {
         "id": id, "object": "text_completion", "created": created, "model": model,
-        "system_fingerprint": None,
         "choices": [{"index": 0, "text": text, "logprobs": None,
                      "finish_reason": finish_reason(last)}],
         "usage": usage(last.prompt_tokens, last.completion_tokens),
@@ -83,8 +100,7 @@ class ChunkWriter:
 
     def __post_init__(self) -> None:
         head = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat"
-                else "text_completion", "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+                else "text_completion", "created": self.created, "model": self.model}
         self._head = json.dumps(head, separators=(",", ":"))[:-1].encode()
         if self.kind == "chat":
             self._token_open = self._head + b',"choices":[{"index":0,"delta":{"content":'
@@ -96,17 +112,36 @@ class ChunkWriter:
     def role(self) -> bytes:
         """The first chat chunk names the role, as OpenAI's does; text streams have none."""
         return (b"data: " + self._head + b',"choices":[{"index":0,"delta":{"role":'
-                b'"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n')
+                b'"assistant","content":"","refusal":null},"logprobs":null,'
+                b'"finish_reason":null}]}\n\n')
 
     def token(self, text: str) -> bytes:
         return b"data: " + self._token_open + json.dumps(text).encode() + self._token_close
 
-    def finish(self, last: TokenEvent) -> bytes:
+    def delta(self, d: Delta) -> bytes:
+        """A chat chunk for one piece of parsed output (core.openai.tool_output): content
+        as `token`; reasoning as `reasoning_content`; a tool call as OpenAI streams it,
+        index, id, type and name first, then argument pieces under the same index."""
+        if d.kind == "content":
+            return self.token(d.text)
+        body: dict[str, Any]
+        if d.kind == "reasoning":
+            body = {"reasoning_content": d.text}
+        elif d.kind == "call":
+            body = {"tool_calls": [{"index": d.index, "id": d.id, "type": "function",
+                                    "function": {"name": d.name, "arguments": ""}}]}
+        else:
+            body = {"tool_calls": [{"index": d.index, "function": {"arguments": d.text}}]}
+        return (b"data: " + self._head + b',"choices":[{"index":0,"delta":'
+                + json.dumps(body, separators=(",", ":")).encode()
+                + b',"logprobs":null,"finish_reason":null}]}\n\n')
+
+    def finish(self, last: TokenEvent, tool_calls: bool = False) -> bytes:
         body = b'{}' if self.kind == "chat" else b'""'
         field = b'"delta":' if self.kind == "chat" else b'"text":'
         return (b"data: " + self._head + b',"choices":[{"index":0,' + field + body
-                + b',"logprobs":null,"finish_reason":"' + finish_reason(last).encode()
-                + b'"}]}\n\n')
+                + b',"logprobs":null,"finish_reason":"'
+                + finish_reason(last, tool_calls).encode() + b'"}]}\n\n')
 
     def usage(self, last: TokenEvent) -> bytes:
         """The include_usage chunk: empty choices, usage filled (OpenAI's shape)."""

@@ -3,9 +3,9 @@
 Every check here is a pure function of the body, so a malformed request costs no queue
 slot, no tokenization and no model load, and each failure raises `BadRequest` with the
 `param` that OpenAI clients show the user. Unknown fields are ignored (as llama.cpp's
-server does) except those whose silent omission would change the answer (`tools`,
-`logprobs`, `n` > 1, image parts): those are refused so a client never gets a different
-kind of answer than it asked for.
+server does) except those whose silent omission would change the answer
+(`logprobs`, `n` > 1, image parts): those are refused so a client never gets a different
+kind of answer than it asked for. Tools are parsed by core.openai.tools.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
+from core.errors import BadRequest
+from core.openai import tools as tool_specs
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4  # OpenAI's limit; more would slow the per-token stop scan for nothing.
@@ -49,8 +50,9 @@ class Decoding:
 @dataclass(frozen=True)
 class ChatRequest:
     model: str | None
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     decoding: Decoding
+    tools: tool_specs.ToolSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def parse_chat(body: Mapping[str, Any], *, max_tokens_limit: int) -> ChatRequest
     parsed = parse_messages(messages)
     limit = _first_present(body, ("max_completion_tokens", "max_tokens"))
     return ChatRequest(model=_model(body), messages=parsed,
-                       decoding=_decoding(body, limit, None, max_tokens_limit))
+                       decoding=_decoding(body, limit, None, max_tokens_limit),
+                       tools=tool_specs.parse_tool_spec(body))
 
 
 def parse_completion(body: Mapping[str, Any], *, max_tokens_limit: int) -> CompletionRequest:
@@ -189,18 +192,20 @@ def _max_tokens(value: Any, param: str, limit: int) -> int | None:
     return int(value)
 
 
-def parse_messages(messages: Any) -> tuple[dict[str, str], ...]:
-    """Chat messages normalised to {"role", "content"[, "name"]} with text content.
+def parse_messages(messages: Any) -> tuple[dict[str, Any], ...]:
+    """Chat messages normalised to {"role", "content"[, "name", "tool_calls",
+    "tool_call_id"]} with text content (None only for an assistant turn that has none).
 
-    The one message parser: the HTTP path and `core.engine.chat_template.render` (direct callers of
-    the engine) both use it, so a message means the same thing wherever it enters.
+    The one message parser: the HTTP path and `core.engine.chat_template.render` (direct
+    callers of the engine) both use it, so a message means the same thing wherever it
+    enters; parsing a parsed message gives it back unchanged.
     """
     if not isinstance(messages, (list, tuple)) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     return tuple(_message(m, i) for i, m in enumerate(messages))
 
 
-def _message(raw: Any, index: int) -> dict[str, str]:
+def _message(raw: Any, index: int) -> dict[str, Any]:
     """One chat message. Text parts are joined with newlines (as vLLM does): parts are
     separate blocks of text, and "a" + "b" must not read as the word "ab"."""
     param = f"messages[{index}]"
@@ -214,15 +219,23 @@ def _message(raw: Any, index: int) -> dict[str, str]:
     if content is None:
         if role != "assistant":
             raise BadRequest(f"{param}.content is required", param=f"{param}.content")
-        content = ""
     elif isinstance(content, list):
         content = _text_parts(content, f"{param}.content")
     elif not isinstance(content, str):
         raise BadRequest(f"{param}.content must be a string or an array of text parts, "
                          f"got {_kind(content)}", param=f"{param}.content")
-    message = {"role": role, "content": content}
+    message: dict[str, Any] = {"role": role, "content": content}
     if isinstance(raw.get("name"), str):
         message["name"] = raw["name"]
+    if role == "assistant" and raw.get("tool_calls"):
+        message["tool_calls"] = tool_specs.parse_tool_calls(raw["tool_calls"],
+                                                            f"{param}.tool_calls")
+    if role == "tool":
+        call_id = raw.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise BadRequest(f"{param}.tool_call_id is required for a tool message",
+                             param=f"{param}.tool_call_id")
+        message["tool_call_id"] = call_id
     return message
 
 
@@ -279,8 +292,6 @@ def _response_format(value: Any) -> ResponseFormat | None:
 
 
 def _refuse_unsupported(body: Mapping[str, Any], *, chat: bool) -> None:
-    if chat and body.get("tools"):
-        raise BadRequest("'tools' (function calling) is not supported", param="tools")
     if body.get("logprobs") not in (None, False, 0):
         raise BadRequest("'logprobs' is not supported", param="logprobs")
     if body.get("best_of") not in (None, 1):
