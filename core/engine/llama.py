@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
@@ -102,6 +102,31 @@ def _init_backend() -> None:
             ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
             ll.llama_backend_init()
             _backend_ready = True
+
+
+def _held_at_gate(hold: Callable[[], bool]) -> Any:
+    """A llama.cpp progress callback that calls `hold` once, before the first tensor.
+
+    llama.cpp calls its progress callback before it touches each tensor's bytes (its
+    load-time copies: weights repacked for the CPU, uploads to a GPU) and after every
+    step that reads only the header (vocabulary, metadata, tensor table, buffers), so
+    the first call is the last moment to wait for bytes still streaming in
+    (tiers.gate). `hold` returning False (the bytes failed verification) aborts the
+    load: llama.cpp frees what it built and returns NULL.
+    """
+    passed: list[bool] = []
+
+    @ll.llama_progress_callback
+    def callback(_progress: float, _user: ctypes.c_void_p) -> bool:
+        if not passed:
+            try:
+                passed.append(bool(hold()))
+            except BaseException:  # noqa: BLE001 - an exception cannot cross into C
+                log.exception("the tensor gate failed")
+                passed.append(False)
+        return passed[0]
+
+    return callback
 
 
 def _meta(model: Any, key: str) -> str | None:
@@ -204,11 +229,15 @@ class LlamaEngine:
     # -- loading ------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
-             parked: ParkedModel | None = None) -> "LlamaEngine":
+             parked: ParkedModel | None = None,
+             hold: Callable[[], bool] | None = None) -> "LlamaEngine":
         """Load a GGUF (a file or /proc/self/fd/N) and start its scheduler. Blocking.
 
         A `parked` model of the same path and GPU layers is taken instead of loading
-        the file again (only a new context is made).
+        the file again (only a new context is made). With `hold`, the file may still be
+        filling in: llama.cpp builds what the header describes, then calls `hold`
+        before it reads any tensor byte, and gives up if it returns False
+        (`_held_at_gate`; the caller raises the reason).
 
         Raises ObjectNotFound when the path does not exist, OutOfMemory when llama.cpp
         logged an allocation failure, and CorruptModel when it cannot load the bytes
@@ -219,6 +248,9 @@ class LlamaEngine:
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        gate = _held_at_gate(hold) if hold is not None else None
+        if gate is not None:
+            mparams.progress_callback = gate       # referenced until the load returns
         if settings.repack is not None:      # off: weights stay in the shared mapping
             mparams.use_extra_bufts = settings.repack
         _recent.lines = []
