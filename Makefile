@@ -33,7 +33,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint lint-python tools clients models bench clean system-packages
+.PHONY: install run test lint lint-python tools clients models bench bench-deps clean system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -82,8 +82,9 @@ $(CLIENTS)/.installed: requirements/clients.txt
 clients: $(CLIENTS)/.installed
 
 # Debian packages the tests run: qemu-user (tests/test_cpu_variant.py runs strato on an
-# emulated AVX2-only CPU). CI is a root Debian machine; elsewhere sudo asks.
-SYSTEM_PACKAGES := qemu-user
+# emulated AVX2-only CPU), nginx-light (the benchmark's S3 stand-in, bench/s3_standin.py,
+# and tests/test_s3_standin.py). CI is a root Debian machine; elsewhere sudo asks.
+SYSTEM_PACKAGES := qemu-user nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -92,6 +93,10 @@ system-packages:
 
 test: install node_modules/.installed lint system-packages $(SMOLLM2) $(CLIENTS)/.installed
 	$(BIN)/python -m pytest
+
+# What bench/cold_start.py needs beyond the venv (nginx for its S3 stand-in); nothing
+# is started (the benchmark runs its own nginx on 127.0.0.1).
+bench-deps: system-packages
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(CLIENTS) node_modules .pytest_cache

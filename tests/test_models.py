@@ -85,6 +85,7 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             engine = await first.engine("gemma3:270m")
             assert engine.info.name == "gemma3:270m"
             assert await first_tokens(engine)
+            await asyncio.to_thread(first.loader.flush)   # the disk copy lands behind RAM
             report = first.cache_report()
             (loaded,) = report["loaded"]
             assert loaded["source"] == "remote" and loaded["tier"] == "ram"
@@ -312,6 +313,7 @@ def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
         try:
             digest = (await first.engine("gemma3:270m"))._entry.digest
         finally:
+            await asyncio.to_thread(first.loader.flush)  # as a process exits: disk copy done
             await first.close()
         second = ModelManager(s)        # a new process: RAM empty, the disk tier has it
         try:
@@ -377,6 +379,7 @@ def test_registry_down_serves_the_copy_already_in_a_disk_tier(tmp_path, pushed, 
         try:
             await first.engine("gemma3:270m")
         finally:
+            await asyncio.to_thread(first.loader.flush)  # as a process exits: disk copy done
             await first.close()
         second = ModelManager(dead)                   # new process, registry unreachable
         try:
@@ -417,7 +420,7 @@ class SmallMachine:
         self.limit, self.calls = limit, []
 
     def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
-             parked=None):
+             parked=None, hold=None):
         from core.engine.llama import LlamaEngine, load_failure
 
         size = os.path.getsize(path)
@@ -427,7 +430,7 @@ class SmallMachine:
                 f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating {size >> 20} MiB "
                 "on device 0: cudaMalloc failed: out of memory"])
         return LlamaEngine.load(path, name=name, settings=settings,
-                                n_gpu_layers=n_gpu_layers, parked=parked)
+                                n_gpu_layers=n_gpu_layers, parked=parked, hold=hold)
 
 
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(

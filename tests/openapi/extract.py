@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse"]
+ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
+         "CreateCompletionResponse", "Response", "ResponseCreatedEvent",
+         "ResponseInProgressEvent", "ResponseOutputItemAddedEvent",
+         "ResponseContentPartAddedEvent", "ResponseTextDeltaEvent", "ResponseTextDoneEvent",
+         "ResponseContentPartDoneEvent", "ResponseOutputItemDoneEvent",
+         "ResponseCompletedEvent", "ResponseIncompleteEvent", "ResponseErrorEvent"]
 PREFIX = "#/components/schemas/"
 
 
