@@ -55,3 +55,13 @@ def test_an_unusable_disk_path_is_a_spec_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(TierSpecError, match="cannot use the directory"):
         build_tiers(f"disk:{blocker}/cache:1GiB")
+
+
+def test_build_keeps_vram_when_nvml_reports_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    import tiers.vram
+
+    monkeypatch.setattr(tiers.vram, "free_device_memory", lambda device=0: 8 << 30)
+    tiers_, vram = build_tiers(f"vram:6GiB,ram:1MiB,disk:{tmp_path}/c:2MiB")
+    assert isinstance(vram, tiers.vram.VramTier) and vram.capacity == 6 << 30
+    assert vram.free_bytes() == 6 << 30            # the configured cap, below NVML's free
+    assert [t.kind for t in tiers_] == ["ram", "disk"]

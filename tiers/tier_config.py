@@ -94,7 +94,7 @@ def build_tiers(text: str) -> tuple[list[Tier], VramTier | None]:
     from tiers.vram import VramTier, free_device_memory
 
     tiers: list[Tier] = []
-    vram = None
+    vram: VramTier | None = None
     for spec in parse_tiers(text):
         if spec.kind == "vram":
             if free_device_memory() is not None:
