@@ -49,7 +49,7 @@ class Settings:
     api_key: str | None = None               # STRATO_API_KEY: bearer key, optional
     registry: str | None = None              # STRATO_REGISTRY: fsspec root of manifests/blobs
     tiers: str = ""                          # STRATO_TIERS: "" = default_tiers()
-    allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = all schemes
+    allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = no URL/path
     streams: int = 16                        # STRATO_STREAMS: concurrent ranged reads
     chunk: int = 8 << 20                     # STRATO_CHUNK: bytes per ranged read / chunk
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR

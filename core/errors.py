@@ -74,6 +74,7 @@ class OutOfMemory(ModelUnavailable):
 
 _STORAGE_STATUS: dict[type[storage.StorageError], tuple[int, str]] = {
     storage.ObjectNotFound: (404, "model_not_found"),
+    storage.AddressRefused: (400, "invalid_model_reference"),
     storage.SourceUnavailable: (503, "source_unavailable"),
     storage.IntegrityError: (503, "integrity_error"),
     storage.CorruptModel: (503, "corrupt_model"),

@@ -16,10 +16,12 @@ import threading
 from dataclasses import dataclass
 
 from core.config import Settings, default_cache_dir
-from core.errors import ModelNotFound
+from core.errors import InvalidReference, ModelNotFound
 from core.catalog.manifest import Manifest, to_blob_plan, validator
-from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse)
+from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef,
+                                    RequestPolicy, parse, parse_request)
 from core.catalog.registry import Registry
+from tiers import remote
 from tiers.base import BlobPlan
 
 log = logging.getLogger("strato.models")
@@ -62,6 +64,7 @@ class Resolver:
                                  chunk_size=settings.chunk, streams=settings.streams)
         self._pinned: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        self.policy = RequestPolicy(tuple(settings.allowed_sources), self._default_key())
         validator()   # import jsonschema and build the manifest validator now, not in a load
 
     def default_model(self) -> str | None:
@@ -71,8 +74,28 @@ class Resolver:
             return self.settings.model
         return str(DEFAULT_REF) if self.is_default_root else None
 
+    def _default_key(self) -> str | None:
+        default = self.default_model()
+        try:
+            return str(parse(default)) if default else None
+        except InvalidReference:
+            return None    # reported when the default is first used
+
     def parse(self, text: str) -> Reference:
-        return parse(text, self.settings.allowed_sources)
+        """The operator's reference (settings, CLI): any form, no allow-list."""
+        return parse(text)
+
+    def parse_request(self, text: str) -> Reference:
+        """A caller's reference, held to the request policy (references.parse_request).
+
+        An HTTP URL a caller named is registered with tiers.remote as public-only, so
+        every connection made for it (after DNS, after each redirect) is checked too.
+        """
+        ref = parse_request(text, self.policy)
+        if isinstance(ref, ObjectRef) and ref.scheme in ("http", "https") \
+                and str(ref) != self.policy.default_key:
+            remote.restrict_to_public(ref.url, self.policy.private_hosts())
+        return ref
 
     def resolve(self, ref: Reference, *, refresh: bool = False) -> Source:
         """Blocking: may read one manifest from the registry (never blob bytes).

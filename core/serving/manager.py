@@ -164,11 +164,15 @@ class ModelManager:
     # -- loading --------------------------------------------------------------------
 
     def _ref(self, model: str | None) -> tuple[Reference, str]:
-        text = model or self.default_model
-        if not text:
+        """A caller's `model` under the request policy (registry names, the default,
+        listed sources); None means the default, which the operator chose."""
+        if model:
+            ref = self.resolver.parse_request(model)
+        elif self.default_model:
+            ref = self.resolver.parse(self.default_model)
+        else:
             raise ModelUnavailable("no model configured: name one in the request's "
                                    "`model` field or set STRATO_MODEL")
-        ref = self.resolver.parse(text)
         return ref, str(ref)
 
     def _start(self, key: str, ref: Reference) -> asyncio.Task[Loaded]:
