@@ -46,6 +46,7 @@ class Settings:
     max_body: int = 4 << 20                  # STRATO_MAX_BODY: request bytes (413 past it)
     max_tokens_limit: int = 32768            # STRATO_MAX_TOKENS_LIMIT: absurd above this
     load_timeout: float = 600.0              # STRATO_LOAD_TIMEOUT: wait for a load, else 503
+    shutdown_grace: float = 25.0             # STRATO_SHUTDOWN_GRACE: SIGTERM drain, seconds
     api_key: str | None = None               # STRATO_API_KEY: bearer key, optional
     registry: str | None = None              # STRATO_REGISTRY: fsspec root of manifests/blobs
     tiers: str = ""                          # STRATO_TIERS: "" = default_tiers()
@@ -85,7 +86,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "MAX_QUEUE": "max_queue", "STREAMS": "streams", "GPU_LAYERS": "n_gpu_layers",
             "MAX_TOKENS_LIMIT": "max_tokens_limit"}
     sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
-    floats = {"LOAD_TIMEOUT": "load_timeout", "PROMOTE_PER_HOUR": "promote_per_hour",
+    floats = {"LOAD_TIMEOUT": "load_timeout", "SHUTDOWN_GRACE": "shutdown_grace",
+              "PROMOTE_PER_HOUR": "promote_per_hour",
               "PREFETCH_THRESHOLD": "prefetch_threshold"}
     strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
                "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}

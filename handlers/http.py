@@ -31,6 +31,7 @@ from core.serving import Engine, GenerationRequest, TokenEvent
 from core.serving import ModelService
 from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
                            read_json, unless_disconnected)
+from handlers.drain import Drain, on_sigterm
 from tiers.errors import StorageError
 
 log = logging.getLogger("strato.http")
@@ -250,7 +251,8 @@ def create_app(settings: Settings, service: ModelService, *,
         HTTPException: _on_error, Exception: _on_error,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    app.add_middleware(Gate, api_key=settings.api_key)
+    app.state.drain = Drain()
+    app.add_middleware(Gate, api_key=settings.api_key, drain=app.state.drain)
     app.state.settings = settings
     app.state.service = service
     return app
@@ -267,7 +269,8 @@ def serve_app(settings: Settings, service: ModelService) -> Starlette:
     """create_app plus a lifespan for a long-running server (uvicorn).
 
     Start-up only *starts* loading the default model, so /health answers at once and
-    /ready flips when the model is in; shutdown closes the service and its engines.
+    /ready flips when the model is in; SIGTERM drains (handlers.drain); shutdown closes
+    the service (engines, tier copies, policy history).
     """
 
     @contextlib.asynccontextmanager
@@ -275,9 +278,11 @@ def serve_app(settings: Settings, service: ModelService) -> Starlette:
         log.info("strato settings: %s", settings.public())
         if service.default_model is not None:
             await service.prefetch(service.default_model)
+        uninstall = on_sigterm(app.state.drain, settings.shutdown_grace)
         try:
             yield
         finally:
+            uninstall()
             await service.close()
 
     return create_app(settings, service, lifespan=lifespan)

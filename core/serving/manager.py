@@ -150,16 +150,34 @@ class ModelManager:
         }
 
     async def close(self) -> None:
+        """Stop serving, then finish what the next instance relies on.
+
+        Steps: refuse new loads, wait for loads in progress, close every engine, then
+        finish the copies into slower tiers (`Loader.flush`: a disk or EFS copy that
+        is still being written behind RAM is completed here, not abandoned; a process
+        killed before it ends leaves a resumable partial), then save the promotion
+        policy's history, then close the tiers. So when close() returns, a second
+        instance on the same disk finds the model there.
+        """
         self._closed = True
         if self._loading:
             await asyncio.gather(*self._loading.values(), return_exceptions=True)
         for key in list(self._entries):
             await asyncio.to_thread(self._unload, key)
         await asyncio.to_thread(self._drop_parked)
+        await self.finish_copies()
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
             if hasattr(tier, "close"):
                 tier.close()
+
+    async def finish_copies(self, timeout: float | None = None) -> None:
+        """Wait for the background copies into slower tiers (none pending: no wait).
+
+        On on-demand Lambda nothing runs between invokes (the environment is frozen),
+        so the handler calls this before the invoke that loaded a model returns: the
+        EFS copy promised to the next instance is finished inside that invoke."""
+        await asyncio.to_thread(self.loader.flush, timeout)
 
     # -- loading --------------------------------------------------------------------
 
