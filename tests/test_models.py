@@ -85,6 +85,7 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             engine = await first.engine("gemma3:270m")
             assert engine.info.name == "gemma3:270m"
             assert await first_tokens(engine)
+            await first.finish_copies()      # the disk copy runs behind RAM: wait for it
             report = first.cache_report()
             (loaded,) = report["loaded"]
             assert loaded["source"] == "remote" and loaded["tier"] == "ram"
@@ -99,7 +100,7 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             assert 'strato_load_seconds_count{tier="remote"}' in text
             assert f'strato_tier_bytes_total{{tier="disk:{tmp_path / "disk"}"}}' in text
         finally:
-            await first.close()
+            await first.close()              # finishes the tier copies (ModelManager.close)
         # A new process on the same disk directory: a disk hit, the blobs are not read
         # (they are moved away; the manifests stay).
         blobs, away = pushed / "blobs", pushed.with_name("blobs-away")
@@ -325,7 +326,8 @@ def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
         try:
             digest = (await first.engine("gemma3:270m"))._entry.digest
         finally:
-            await first.close()
+            await first.close()         # returns once the disk copy is committed
+        assert first.loader.tiers[1].contains(digest)
         second = ModelManager(s)        # a new process: RAM empty, the disk tier has it
         try:
             await second.engine("gemma3:270m")
@@ -386,9 +388,10 @@ def test_registry_down_serves_the_copy_already_in_a_disk_tier(tmp_path, pushed, 
             await cold.close()
         first = ModelManager(up)
         try:
-            await first.engine("gemma3:270m")
+            digest = (await first.engine("gemma3:270m"))._entry.digest
         finally:
-            await first.close()
+            await first.close()                       # returns once the disk copy is in
+        assert first.loader.tiers[1].contains(digest)
         second = ModelManager(dead)                   # new process, registry unreachable
         try:
             assert await first_tokens(await second.engine("gemma3:270m"))
