@@ -13,21 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.errors import BadRequest
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
-          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
-          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
+from core.errors import ConfigError
+from tiers import tier_config
 
 def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592. Binary units; a bare number is bytes."""
-    s = text.strip().lower().replace(" ", "")
-    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(digits):]
-    if not digits or unit not in _UNITS:
-        raise BadRequest(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")
-    return int(float(digits) * _UNITS[unit])
+    """'8GiB' -> 8589934592. Binary units; a bare number is bytes (tiers.tier_config's
+    parser, the one STRATO_TIERS uses, with its error as a ConfigError)."""
+    try:
+        return tier_config.parse_size(text)
+    except tier_config.TierSpecError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +46,7 @@ class Settings:
     registry: str | None = None              # STRATO_REGISTRY: fsspec root of manifests/blobs
     tiers: str = ""                          # STRATO_TIERS: "" = default_tiers()
     allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = no URL/path
+    trusted_keys: tuple[str, ...] = ()       # STRATO_TRUSTED_KEYS: Ed25519 keys, base64
     streams: int = 16                        # STRATO_STREAMS: concurrent ranged reads
     chunk: int = 8 << 20                     # STRATO_CHUNK: bytes per ranged read / chunk
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
@@ -96,28 +92,33 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             try:
                 kwargs[attr] = int(v)
             except ValueError:
-                raise BadRequest(f"STRATO_{name} must be an integer, got {v!r}") from None
+                raise ConfigError(f"STRATO_{name} must be an integer, got {v!r}") from None
     for name, attr in sizes.items():
         if (v := _env(env, name)) is not None:
-            kwargs[attr] = parse_size(v)
+            try:
+                kwargs[attr] = parse_size(v)
+            except ConfigError as exc:
+                raise ConfigError(f"STRATO_{name}: {exc}") from None
     for name, attr in floats.items():
         if (v := _env(env, name)) is not None:
             try:
                 kwargs[attr] = float(v)
             except ValueError:
-                raise BadRequest(f"STRATO_{name} must be a number, got {v!r}") from None
+                raise ConfigError(f"STRATO_{name} must be a number, got {v!r}") from None
     for name, attr in strings.items():
         if (v := _env(env, name)) is not None:
             kwargs[attr] = v
-    if (v := _env(env, "ALLOWED_SOURCES")) is not None:
-        kwargs["allowed_sources"] = tuple(p.strip() for p in v.split(",") if p.strip())
+    for name, attr in (("ALLOWED_SOURCES", "allowed_sources"),
+                       ("TRUSTED_KEYS", "trusted_keys")):
+        if (v := _env(env, name)) is not None:
+            kwargs[attr] = tuple(p.strip() for p in v.split(",") if p.strip())
     return validate(Settings(**kwargs))
 
 
 def validate(settings: Settings) -> Settings:
     if not 0 < settings.port < 65536:
-        raise BadRequest(f"port out of range: {settings.port}")
+        raise ConfigError(f"port out of range: {settings.port}")
     for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
         if getattr(settings, attr) <= 0:
-            raise BadRequest(f"{attr} must be positive, got {getattr(settings, attr)}")
+            raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")
     return settings

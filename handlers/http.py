@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -26,7 +27,8 @@ from starlette.routing import Route
 from core import metrics
 from core.openai import responses, schemas
 from core.config import Settings, from_env
-from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
+from core.errors import (BadRequest, ConfigError, ContextOverflow, ModelUnavailable,
+                         StratoError)
 from core.serving import Engine, GenerationRequest, TokenEvent
 from core.serving import ModelService
 from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
@@ -297,6 +299,10 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(name)
     if _app is None:
-        settings = from_env()
-        _app = serve_app(settings, build_service(settings))
+        try:
+            settings = from_env()
+            _app = serve_app(settings, build_service(settings))
+        except ConfigError as exc:   # one line, not uvicorn's import traceback
+            print(f"strato: configuration: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     return _app

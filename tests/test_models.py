@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,52 @@ def test_a_model_in_use_is_not_unloaded(tmp_path, pushed):
             b = await waiting                         # A went idle: it made room for B
             assert await first_tokens(b)
             assert [e["model"] for e in manager.cache_report()["loaded"]] == ["other:v1"]
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_model_being_unloaded_is_never_handed_out(tmp_path, pushed):
+    """While _make_room unloads A in a worker thread, a request for A must not be handed
+    A's engine (it was, while the unload waited for a worker, and then answered 400
+    "model is closed"); it waits for a new load of A instead.
+
+    The unload is made to wait for a worker the way a busy server makes it wait: the
+    loop's executor is one thread, held by a gate until the request for A was made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), tiers="ram:1GiB"),
+                               budget=1)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        real_make_room = manager._make_room
+        probes: list[asyncio.Task] = []
+
+        async def make_room(key, need):
+            if key != "other:v1" or probes:          # only the swap to B is observed
+                return await real_make_room(key, need)
+            gate = threading.Event()
+            held = loop.run_in_executor(None, gate.wait)     # the only worker, busy
+            room = asyncio.ensure_future(real_make_room(key, need))
+            await asyncio.sleep(0)       # make_room runs up to its unload, which waits
+            probes.append(asyncio.ensure_future(manager.engine("gemma3:270m")))
+            await asyncio.sleep(0)       # one step: an engine handed out is done now
+            gate.set()
+            await held
+            await room
+
+        manager._make_room = make_room
+        try:
+            a = await manager.engine("gemma3:270m")
+            doomed = a._entry.engine
+            b = await manager.engine("other:v1")     # no room for two: A is unloaded
+            assert b.info.name == "other:v1"
+            (probe,) = probes
+            assert not probe.done() or probe.result()._entry.engine is not doomed
+            again = await probe                      # A again, from a new load
+            assert again._entry.engine is not doomed and await first_tokens(again)
         finally:
             await manager.close()
 

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from core.config import Settings, default_cache_dir
-from core.errors import InvalidReference, ModelNotFound
+from core.errors import InvalidManifest, InvalidReference, ModelNotFound
 from core.catalog.manifest import Manifest, to_blob_plan, validator
 from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef,
                                     RequestPolicy, parse, parse_request)
@@ -61,7 +61,8 @@ class Resolver:
         self.settings = settings
         self.is_default_root = settings.registry is None
         self.registry = Registry(settings.registry or default_registry_root(),
-                                 chunk_size=settings.chunk, streams=settings.streams)
+                                 chunk_size=settings.chunk, streams=settings.streams,
+                                 trusted_keys=tuple(settings.trusted_keys))
         self._pinned: dict[str, Manifest] = {}
         self._lock = threading.Lock()
         self.policy = RequestPolicy(tuple(settings.allowed_sources), self._default_key())
@@ -149,6 +150,9 @@ class Resolver:
         if not self.registry.has_blob(ref.hex):
             raise ModelNotFound(f"no blob {ref.digest} in registry {self.registry.root}",
                                 param="model")
+        if self.registry.trusted_keys:
+            raise InvalidManifest(f"no signed manifest names {ref.digest}, and "
+                                  "STRATO_TRUSTED_KEYS requires one")
         # A blob without a manifest (its tag moved on): still exact, verified as a whole.
         return Source(str(ref), ref.name,
                       plan=BlobPlan(url=self.registry.url(ref.blob_key), digest=ref.hex,

@@ -409,9 +409,13 @@ class ModelManager:
                          for k, e in self._entries.items()]
             victims = to_unload(residents, need, self.budget)
             if victims is not None:
-                for victim in victims:
+                # Taken out of `_entries` here, on the loop, before any await: a request
+                # arriving while a victim's engine closes in a thread must start a new
+                # load, never be handed the engine being closed.
+                leaving = [(v, self._take(v)) for v in victims]
+                for victim, entry in leaving:
                     log.info("unloading %s to make room for %s", victim, key)
-                    await asyncio.to_thread(self._unload, victim, park=True)
+                    await asyncio.to_thread(self._close_entry, entry, park=True)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -429,12 +433,19 @@ class ModelManager:
         if self._idle is not None:
             self._idle.set()
 
-    def _unload(self, key: str, *, park: bool = False) -> None:
-        """Close `key`'s engine. With `park`, a model whose bytes are in the RAM tier
-        keeps its llama.cpp model (and its tier pin) for a quick return: a swap back
-        then costs a context, not a reload (see core.engine.llama.ParkedModel)."""
-        entry = self._entries.pop(key, None)
+    def _take(self, key: str) -> Loaded | None:
+        """Remove `key` from what is served (call on the loop): from here on a request
+        for it starts a new load."""
         self._headers.pop(key, None)
+        return self._entries.pop(key, None)
+
+    def _unload(self, key: str, *, park: bool = False) -> None:
+        self._close_entry(self._take(key), park=park)
+
+    def _close_entry(self, entry: Loaded | None, *, park: bool = False) -> None:
+        """Close an engine no longer served. With `park`, a model whose bytes are in the
+        RAM tier keeps its llama.cpp model (and its tier pin) for a quick return: a swap
+        back then costs a context, not a reload (see core.engine.llama.ParkedModel)."""
         if entry is None:
             return
         parked = entry.engine.close(park=park and self._in_ram_tier(entry.handle))
@@ -443,7 +454,7 @@ class ModelManager:
                 entry.handle.release()
             return
         assert entry.digest is not None and entry.handle is not None
-        self._parked[entry.digest] = _Parked(key, parked, entry.handle)
+        self._parked[entry.digest] = _Parked(entry.key, parked, entry.handle)
         while len(self._parked) > MAX_PARKED:
             self._parked.pop(next(iter(self._parked))).free()
 
