@@ -4,9 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .venv-tools
 # Portable llama.cpp: -march=native crashes in ggml's AMX kernel on some hosts, AVX-512 is
-# absent on others (SIGILL on AMD EPYC machines here), and a Lambda layer must run on any
-# x86_64 anyway: AVX2 + FMA + F16C only (the flags live in one script for every build).
+# absent on others (SIGILL there), and a Lambda layer must run on any x86_64 anyway:
+# AVX2 + FMA + F16C only (the flags live in one script for every build).
 LLAMA_VERSION := 0.3.36
+# A second build of llama.cpp's libraries with AVX-512 (x86_64, default flags only: a
+# CMAKE_ARGS of your own, CUDA say, gets no AVX-512 copy that would shadow it), installed
+# as llama_cpp/lib-avx512 and chosen at start-up on CPUs that have the features
+# (core/engine/cpu_variant.py; README "CPU kernels"). About 4-5 minutes on 2 cores.
+ifeq ($(origin CMAKE_ARGS)-$(shell uname -m),undefined-x86_64)
+LLAMA_AVX512 := .cache/llama-avx512/lib
+endif
 ifeq ($(origin CMAKE_ARGS),undefined)
 CMAKE_ARGS := $(shell sh layers/llama-cpp/portable-cmake-args.sh)
 endif
@@ -21,7 +28,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint tools bench clean
+.PHONY: install run test lint tools bench clean system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,9 +39,18 @@ $(LLAMA_WHEEL): | $(BIN)/python
 	$(BIN)/pip wheel --no-cache-dir --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
 	touch $@
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt $(LLAMA_WHEEL)
+# Same sources and non-CPU flags as the wheel (OpenMP on, as there); only the ISA differs.
+$(LLAMA_AVX512)/.flags: layers/llama-cpp/build-avx512-libs.sh layers/llama-cpp/portable-cmake-args.sh | $(BIN)/python
+	PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_VERSION) \
+		nice sh layers/llama-cpp/build-avx512-libs.sh $(LLAMA_AVX512)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt $(LLAMA_WHEEL) $(if $(LLAMA_AVX512),$(LLAMA_AVX512)/.flags)
 	$(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]'
 	$(BIN)/pip check
+ifdef LLAMA_AVX512
+	pkg=$$($(BIN)/python -c 'import importlib.util as u; print(u.find_spec("llama_cpp").submodule_search_locations[0])') \
+		&& rm -rf "$$pkg/lib-avx512" && cp -a $(LLAMA_AVX512) "$$pkg/lib-avx512"
+endif
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -46,7 +62,16 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/strato serve --host $(STRATO_HOST) --port $(STRATO_PORT)
 
-test: install node_modules/.installed lint
+# Debian packages the tests run: qemu-user (tests/test_cpu_variant.py runs strato on an
+# emulated AVX2-only CPU). CI is a root Debian machine; elsewhere sudo asks.
+SYSTEM_PACKAGES := qemu-user
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; fi
+
+test: install node_modules/.installed lint system-packages
 	$(BIN)/python -m pytest
 
 clean:

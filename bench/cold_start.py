@@ -155,11 +155,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
 
-    from core.config import Settings, parse_size
+    from core.config import Settings
     from core.catalog.bundled import default_model_path
     from core.serving.manager import ModelManager
     from core.catalog.references import parse_name_tag
     from core.catalog.registry import Registry
+    from tiers.tier_config import parse_size
 
     chunk = parse_size(args.chunk)
     gemma = default_model_path()

@@ -14,15 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import ConfigError
-from tiers import tier_config
-
-def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592. Binary units; a bare number is bytes (tiers.tier_config's
-    parser, the one STRATO_TIERS uses, with its error as a ConfigError)."""
-    try:
-        return tier_config.parse_size(text)
-    except tier_config.TierSpecError as exc:
-        raise ConfigError(str(exc)) from None
+from tiers.tier_config import parse_size
 
 
 def default_cache_dir() -> Path:
@@ -52,6 +44,12 @@ class Settings:
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
     prefetch_threshold: float = 0.5          # STRATO_PREFETCH_THRESHOLD
     n_gpu_layers: int | None = None          # STRATO_GPU_LAYERS: None = computed
+    # Lambda (handlers/aws_lambda.py, handlers/lambda_modes.py): seconds of process age after
+    # which an on-demand init returns and lets the model load on; 0 waits for the load.
+    init_budget: float = 8.0                 # STRATO_INIT_BUDGET
+    # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory):
+    # None = llama.cpp's default (on); Lambda Managed Instances turn it off (README).
+    repack: bool | None = None               # STRATO_REPACK: 1/0
     log_level: str = "INFO"                  # STRATO_LOG_LEVEL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -84,7 +82,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
     floats = {"LOAD_TIMEOUT": "load_timeout", "SHUTDOWN_GRACE": "shutdown_grace",
               "PROMOTE_PER_HOUR": "promote_per_hour",
-              "PREFETCH_THRESHOLD": "prefetch_threshold"}
+              "PREFETCH_THRESHOLD": "prefetch_threshold", "INIT_BUDGET": "init_budget"}
     strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
                "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}
     for name, attr in ints.items():
@@ -97,7 +95,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         if (v := _env(env, name)) is not None:
             try:
                 kwargs[attr] = parse_size(v)
-            except ConfigError as exc:
+            except ValueError as exc:          # tiers.tier_config.TierSpecError
                 raise ConfigError(f"STRATO_{name}: {exc}") from None
     for name, attr in floats.items():
         if (v := _env(env, name)) is not None:
@@ -108,6 +106,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     for name, attr in strings.items():
         if (v := _env(env, name)) is not None:
             kwargs[attr] = v
+    if (v := _env(env, "REPACK")) is not None:
+        if v.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
+            raise ConfigError(f"STRATO_REPACK must be 1 or 0, got {v!r}")
+        kwargs["repack"] = v.strip().lower() in ("1", "true", "on")
     for name, attr in (("ALLOWED_SOURCES", "allowed_sources"),
                        ("TRUSTED_KEYS", "trusted_keys")):
         if (v := _env(env, name)) is not None:
@@ -118,6 +120,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 def validate(settings: Settings) -> Settings:
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port out of range: {settings.port}")
+    if settings.init_budget < 0:
+        raise ConfigError(f"init_budget must be 0 (off) or positive, got {settings.init_budget}")
     for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
         if getattr(settings, attr) <= 0:
             raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")

@@ -8,6 +8,7 @@ the same events also go to EMF through Powertools in handlers/aws_lambda.py.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -48,6 +49,18 @@ load_progress_bytes = Gauge("strato_load_progress_bytes", "Bytes fetched of the 
 load_throughput_bytes = Gauge("strato_load_throughput_bytes_per_second",
                               "Current fetch rate of the model loading.", ["model"],
                               registry=REGISTRY)
+
+
+def reset() -> None:
+    """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a
+    new environment, and the snapshot's counts belong to the one that was snapshotted."""
+    for collector in list(REGISTRY._collector_to_names):   # no public list of collectors
+        if not isinstance(collector, MetricWrapperBase):
+            continue
+        if collector._labelnames:
+            collector.clear()                # labelled: drop every child
+        else:
+            collector._metric_init()  # type: ignore[no-untyped-call]  # unlabelled: anew
 
 
 def render() -> bytes:

@@ -1,16 +1,35 @@
-"""AWS Lambda entry point: `handler = Mangum(app)` plus Powertools.
+"""AWS Lambda entry point: `handler = Mangum(app)` plus Powertools, for every Lambda mode.
 
-Everything expensive happens at import, i.e. in Lambda's init phase: settings are read
-and validated, the model service is built and the default model is loaded, so the
-first request pays nothing extra (and init time is not billed at the invoke rate on
-on-demand functions). A model that fails to load does not crash the init: the app
-still starts and answers 503 with the cause, which is easier to debug than a
-restarting sandbox.
+Lambda runs this module under its runtime interface client (`python -m awslambdaric
+handlers.aws_lambda.handler`); importing it is the init phase. Init reads and checks
+the settings for the mode Lambda started it in (handlers.lambda_modes: a setting the mode
+cannot run fails init, reported through the Runtime API), builds the model service and
+loads the default model. Init is billed like an invocation on every kind of function
+(on-demand init too, since August 2025), so loading here costs the same as loading in
+the first request; doing it here means the first request finds the model ready.
+
+How long init waits for the model depends on the mode:
+
+- on-demand: init returns once the process is `STRATO_INIT_BUDGET` seconds old (8 s by
+  default, under Lambda's 10 s limit) with the load still running; the first request
+  waits for it (`/ready` says when it is in). An init that overran the limit would be
+  killed and run again inside the first invoke, restarting the download.
+- provisioned concurrency, Managed Instances: init waits for the load.
+- SnapStart: init waits for the load, and a model that fails to load fails init (a
+  snapshot without its model is worth nothing, so the version must not publish). The
+  runtime hooks (registered with snapshot_restore_py; awslambdaric runs them) warm the
+  model before the snapshot and renew randomness, clients, credentials and metrics
+  after each restore (handlers/snapstart.py).
+
+Otherwise, a model that fails to load does not fail init: the function answers 503
+with the cause, which is easier to debug than a sandbox that restarts, and a retry of
+init would not load it either.
 
 The app runs on one event loop created here and reused by every invocation, because
-the model service and its engines are bound to the loop they were created on. Mangum
-runs with lifespan "off": its lifespan cycle would start and stop the app on every
-invocation.
+the model service and its engines are bound to the loop they were created on. Between
+invocations that loop is idle, but a load keeps going: its byte fetch and llama.cpp
+load run in threads. Mangum runs with lifespan "off": its lifespan cycle would start
+and stop the app on every invocation.
 
 Observability: Logger (JSON lines, `function_request_id` on each), Metrics (EMF in
 namespace "strato": ColdStart, TTFT, PromptTokens, CompletionTokens) and Tracer
@@ -21,15 +40,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider import cold_start
 from mangum import Mangum
 
+from handlers import lambda_modes as lambda_env
 from core import metrics as prometheus
-from core.config import from_env
+from core.config import Settings, from_env
+from handlers.lambda_modes import Mode
+from core.serving import Engine, ModelService
+from handlers import snapstart
 from handlers.http import Completed, build_service, create_app
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "strato")
@@ -50,29 +73,64 @@ def record(done: Completed) -> None:
                        value=done.completion_tokens)
 
 
-def _init() -> tuple[Any, Any, float, str | None]:
-    """Settings, service and the default model, on the loop every invocation will use."""
-    started = time.perf_counter()
-    settings = from_env()
-    logger.info("strato init", extra={"settings": settings.public()})
+def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
+    """Settings, service and the default model (see the module docstring for how long
+    init waits), on the loop every invocation will use."""
+    settings = lambda_env.with_mode_defaults(from_env(), MODE)
+    lambda_env.check(settings, MODE)
+    logger.info("strato init", extra={"settings": settings.public(), "mode": MODE.value})
     service = build_service(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    error = None
-    try:
-        engine = loop.run_until_complete(service.engine(None))
-        logger.info("model loaded", extra={"model": engine.info.name,
-                                           "seconds": round(time.perf_counter() - started, 3)})
-    except Exception as exc:  # the app answers 503 with the cause; see module docstring
-        error = f"{type(exc).__name__}: {exc}"
-        logger.exception("default model failed to load during init")
+    if service.default_model is not None:
+        load = loop.create_task(service.engine(None))
+        load.add_done_callback(_loaded)
+        budget = lambda_env.init_budget(settings, MODE)
+        wait = None if budget is None else max(0.0, budget - lambda_env.process_age())
+        loop.run_until_complete(asyncio.wait({load}, timeout=wait))
+        if not load.done():
+            logger.info("init budget reached; the model loads on and the first request "
+                        "waits for it", extra={"budget": budget, "model": service.default_model})
+        elif (exc := load.exception()) is not None and MODE is Mode.SNAPSTART:
+            raise exc                           # init error through the Runtime API
     prometheus.cold_starts_total.inc()
-    return settings, service, time.perf_counter() - started, error
+    return settings, service, loop
 
 
-settings, service, init_seconds, init_error = _init()
+def _loaded(task: asyncio.Task[Engine]) -> None:
+    """Log the end of the default model's load, whenever it comes (init or later)."""
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        logger.error("default model failed to load", extra={
+            "error": f"{type(task.exception()).__name__}: {task.exception()}"})
+    else:
+        logger.info("model loaded", extra={"model": task.result().info.name,
+                                           "process_age": round(lambda_env.process_age(), 3)})
+
+
+def before_snapshot() -> None:
+    """SnapStart, once init is done (handlers/snapstart.py says what and why)."""
+    logger.info("snapshot", extra=loop.run_until_complete(snapstart.before_snapshot(service)))
+
+
+def after_restore() -> None:
+    """SnapStart, in each environment restored from the snapshot."""
+    facts = snapstart.after_restore(service)
+    metrics.clear_metrics()
+    cold_start.reset_cold_start_flag()  # type: ignore[no-untyped-call]
+    logger.info("restored", extra=facts)
+
+
+MODE = lambda_env.detect()
+settings, service, loop = _init()
 app = create_app(settings, service, observer=record)
 _asgi = Mangum(app, lifespan="off")
+if MODE is Mode.SNAPSTART:
+    import snapshot_restore_py  # type: ignore[import-untyped]
+
+    snapshot_restore_py.register_before_snapshot(before_snapshot)
+    snapshot_restore_py.register_after_restore(after_restore)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -171,59 +171,13 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 def inspect_model(ref: str, settings: Settings) -> dict[str, Any]:
     """Header summary of a local file, or of any reference by reading only the first
     megabytes of its object (ranged reads; zstd blobs decompress just those frames)."""
-    header, size = read_header_of(ref, settings)
+    from core.serving import read_header
+
+    header, size = read_header(ref, settings)
     return {"name": header.name, "architecture": header.architecture,
             "quantization": header.file_type, "context_length": header.context_length,
             "layers": header.block_count, "tensors": len(header.tensors),
             "size": human_size(size), "chat_template": header.chat_template}
-
-
-def read_header_of(ref: str, settings: Settings) -> tuple[Any, int]:
-    import os
-
-    from core.serving import Resolver
-    from tiers import remote
-    from tiers.gguf_header import read_header, read_header_file
-
-    resolver = Resolver(settings)
-    source = resolver.resolve(resolver.parse(ref))
-    if source.path is not None:
-        return read_header_file(source.path), os.path.getsize(source.path)
-    plan = source.plan
-    assert plan is not None
-    size = plan.size if plan.size is not None else remote.info(plan.url).size
-    if plan.compression == "zstd" and plan.frame_offsets:
-        return read_header(_zstd_reader(plan), size), size
-    return read_header(lambda start, end: remote.read_range(plan.url, start, end), size), size
-
-
-def _zstd_reader(plan: Any) -> Callable[[int, int], bytes]:
-    """Raw ranged reads over a blob stored as one zstd frame per chunk."""
-    import zstandard
-
-    from tiers import remote
-
-    frames: dict[int, bytes] = {}
-
-    def chunk(index: int) -> bytes:
-        if index not in frames:
-            offsets = plan.frame_offsets
-            frame = remote.read_range(plan.url, offsets[index], offsets[index + 1])
-            # decompressobj: frames without a content-size field decompress too.
-            frames[index] = zstandard.ZstdDecompressor().decompressobj().decompress(frame)
-        return frames[index]
-
-    def read(start: int, end: int) -> bytes:
-        out, pos = [], start
-        while pos < end and pos // plan.chunk_size < len(plan.frame_offsets) - 1:
-            index = pos // plan.chunk_size
-            data = chunk(index)
-            base = index * plan.chunk_size
-            out.append(data[pos - base:end - base])
-            pos = base + len(data)
-        return b"".join(out)
-
-    return read
 
 
 # --- helpers and the table -----------------------------------------------------------
@@ -266,7 +220,8 @@ def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, settings_from(args))
+        code: int = args.func(args, settings_from(args))
+        return code
     except ConfigError as exc:      # the settings, not the command: argparse's exit code
         print(f"strato {args.command}: configuration: {exc}", file=sys.stderr)
         return 2

@@ -165,5 +165,4 @@ def _local_cache(settings: Settings) -> dict[str, Any]:
         return {"tiers": describe_tiers(loader)}
     finally:
         for tier in loader.tiers:
-            if hasattr(tier, "close"):
-                tier.close()
+            tier.close()

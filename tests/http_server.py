@@ -14,7 +14,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +22,7 @@ import pytest
 from core.config import Settings
 from core.serving.manager import ModelManager
 from handlers.http import serve_app
+from tests.polling import wait_until
 
 API_KEY = "test-key-123"
 
@@ -51,11 +51,9 @@ class Server:
                                        args=(self.server.serve(sockets=[self.sock]),),
                                        daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        wait_until(lambda: self.server.started or not self.thread.is_alive())
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -91,11 +89,3 @@ def server(gemma_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
-def wait_until(predicate: Any, timeout: float = 60.0) -> bool:
-    """Poll a condition (not a timing claim: the deadline only bounds a hung test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()

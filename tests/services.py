@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,16 +44,17 @@ def free_port() -> int:
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
+            return False
+
+    if not wait_until(listening, timeout):
+        raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
 
 
 def _start(cmd: list[str], port: int, what: str, cwd: Path | None = None,

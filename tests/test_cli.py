@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from handlers.cli import COMMANDS, build_parser, settings_from
+from tests.polling import wait_until
 
 # One client with a patient timeout: two shared cores make a 5 s default flaky.
 http = httpx.Client(timeout=300)
@@ -126,16 +126,14 @@ def test_list_prints_a_table() -> None:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         try:
-            if http.get(f"{url}/ready").status_code == 200:
-                return
+            return http.get(f"{url}/ready").status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server never became ready")
+            return False
+
+    assert wait_until(ready, 240), "server never became ready"
 
 
 @pytest.fixture

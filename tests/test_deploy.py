@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ TEMPLATE = load(ROOT / "template.yaml")
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # 250 MB: function + all its layers, unzipped
 EVENT_FORMATS = ("rest-v1", "http-v2", "function-url", "alb")
 LOCAL_WHEELS = ROOT / ".cache" / "wheels"  # the llama-cpp-python wheel `make install` built
+LOCAL_AVX512 = ROOT / ".cache" / "llama-avx512" / "lib"  # and its AVX-512 libraries (x86_64)
 
 
 def make(makefile: str, target: str, artifacts: Path, **variables: str) -> None:
@@ -64,7 +66,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make(makefile_of("DepsLayer"), "build-DepsLayer", out["deps"], PYTHON=py,
          PY_VERSION=f"{sys.version_info.major}.{sys.version_info.minor}")
     make(makefile_of("LlamaCppLayer"), "build-LlamaCppLayer", out["llama"], PYTHON=py,
-         PIP_ARGS=f"--find-links {LOCAL_WHEELS} --only-binary llama-cpp-python")
+         PIP_ARGS=f"--find-links {LOCAL_WHEELS} --only-binary llama-cpp-python",
+         AVX512_LIBS=str(LOCAL_AVX512))
     return out
 
 
@@ -118,7 +121,7 @@ def test_stream_function_runs_the_same_app_through_the_web_adapter() -> None:
     assert fn["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
     assert fn["Layers"][-1].endswith(":layer:LambdaAdapterLayerArm64:27")
     run_sh = (ROOT / "infra" / "lambda" / "run.sh").read_text()
-    assert "uvicorn handlers.http:app" in run_sh and fn["Handler"] == "run.sh"
+    assert "uvicorn handlers.lambda_stream:app" in run_sh and fn["Handler"] == "run.sh"
 
 
 def test_image_function_uses_the_same_handler() -> None:
@@ -147,6 +150,8 @@ def test_layers_have_the_lambda_layout(built: dict[str, Path]) -> None:
     llama = built["llama"] / "python"
     assert (llama / "llama_cpp" / "__init__.py").is_file()
     assert (llama / "llama_cpp" / "lib" / "libllama.so").is_file()
+    if platform.machine() == "x86_64":  # the second build core/engine/cpu_variant.py picks
+        assert (llama / "llama_cpp" / "lib-avx512" / "libllama.so").is_file()
     assert not (llama / "lib").exists() and not (llama / "bin").exists()
     assert (built["deps"] / "python" / "mangum" / "__init__.py").is_file()
     assert (built["function"] / "handlers" / "aws_lambda.py").is_file()

@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.engine.llama import LlamaEngine
+from core.engine.llama import LlamaEngine, is_oom
 from core.errors import BadRequest, ContextOverflow, QueueFull
 from core.engine.protocol import GenerationRequest, SamplingParams, TokenEvent
+from tests.polling import async_wait_until
 from tiers.errors import CorruptModel, ObjectNotFound
 
 STORY = "Once upon a time, in a small village by the sea, there lived"
-
-
-@pytest.fixture(scope="module")
-def engine(gemma_path):
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=1, ctx=1024, parallel=2))
-    yield eng
-    eng.close()
 
 
 def run(engine: LlamaEngine, prompt: str, max_tokens: int = 24, **kw) -> list[TokenEvent]:
@@ -188,19 +181,17 @@ def test_closing_the_stream_cancels_and_frees_cells(engine) -> None:
         agen = engine.generate(GenerationRequest(prompt=STORY, max_tokens=500))
         await agen.__anext__()
         await agen.__anext__()
-        running = [s for s in engine.scheduler._slots if s.owner is not None]
-        assert len(running) == 1 and len(running[0].cached) > 0
+        running = [s for s in engine.scheduler.slots() if s.busy]
+        assert len(running) == 1 and running[0].cached_tokens > 0
         await agen.aclose()  # what a client disconnect does to the handler's generator
-        for _ in range(500):
-            if engine.scheduler.running() == 0:
-                break
-            await asyncio.sleep(0.01)
+        assert await async_wait_until(lambda: engine.scheduler.running() == 0)
         return running[0].id
 
     slot = asyncio.run(go())
     assert engine.scheduler.running() == 0
-    assert engine.scheduler._slots[slot].owner is None
-    assert engine.scheduler._slots[slot].cached == []  # its KV cells were removed
+    after = engine.scheduler.slots()[slot]
+    assert not after.busy
+    assert after.cached_tokens == 0  # its KV cells were removed
 
 
 def test_embeddings_are_normalised_and_distinct(engine) -> None:
@@ -293,3 +284,14 @@ def test_a_model_that_does_not_fit_is_out_of_memory_not_corrupt(gemma_path) -> N
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.startswith("OutOfMemory 503 "), out.stdout + out.stderr[-2000:]
     assert "out of memory (" in out.stdout          # with llama.cpp's own reason
+
+
+def test_oom_messages() -> None:
+    """llama.cpp's and its backends' wording for memory exhaustion, device and host."""
+    assert is_oom("CUDA error: out of memory")
+    assert is_oom("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 900 MiB on device 0: "
+                  "cudaMalloc failed")
+    assert is_oom("llama_model_load: error loading model: mmap failed: Cannot allocate memory")
+    assert is_oom("ggml_gallocr_reserve_n_impl: failed to allocate CPU buffer of size 269747200")
+    assert is_oom("llama_model_load: error loading model: std::bad_alloc")
+    assert not is_oom("failed to load model: invalid magic")

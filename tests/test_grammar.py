@@ -9,7 +9,6 @@ import json
 import jsonschema
 import pytest
 
-from core.config import Settings
 from core.errors import BadRequest
 from core.engine.protocol import GenerationRequest, SamplingParams
 from core.openai.grammar import JSON_OBJECT_GBNF, from_response_format
@@ -51,16 +50,6 @@ def test_json_schema_compiles_to_rules_for_each_property() -> None:
 def test_bad_response_formats_are_bad_requests(bad) -> None:
     with pytest.raises(BadRequest):
         from_response_format(bad)
-
-
-@pytest.fixture(scope="module")
-def engine(gemma_path):
-    from core.engine.llama import LlamaEngine
-
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=1, ctx=512, parallel=2))
-    yield eng
-    eng.close()
 
 
 async def _complete(engine, prompt: str, grammar: str | None, **sampling) -> tuple[str, str]:

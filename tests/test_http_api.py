@@ -199,7 +199,7 @@ def test_disconnect_frees_the_sequence(server: Server, model: str) -> None:
                                               server.loop).result(60)
     # ModelManager hands out a wrapper that counts requests; the scheduler is inside.
     scheduler = getattr(engine, "_engine", engine).scheduler
-    before = metrics.tokens_out_total._value.get()
+    before = metrics.REGISTRY.get_sample_value("strato_tokens_out_total")
     body = {"model": model, "prompt": COUNTING, "max_tokens": 900, "stream": True}
     with http.stream("POST", f"{server.url}/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as r:
@@ -207,5 +207,5 @@ def test_disconnect_frees_the_sequence(server: Server, model: str) -> None:
         assert scheduler.running() == 1
     # The connection is closed: the sequence leaves the batch, far short of 900 tokens.
     assert wait_until(lambda: scheduler.running() == 0), scheduler.running()
-    produced = metrics.tokens_out_total._value.get() - before
+    produced = metrics.REGISTRY.get_sample_value("strato_tokens_out_total") - before
     assert 0 < produced < 900

@@ -23,6 +23,7 @@ from core.serving.manager import ModelManager
 from core.catalog.references import parse_name_tag
 from core.catalog.registry import Registry
 from core.serving.residency import Resident, footprint, to_unload
+from tests.polling import async_wait_until
 from tiers.errors import IntegrityError, SourceUnavailable
 
 GREEDY = SamplingParams(temperature=0.0, seed=1)
@@ -301,8 +302,7 @@ def test_load_timeout_answers_503_while_the_load_goes_on(tmp_path, pushed):
                 await manager.engine("gemma3:270m")
             assert status_of(info.value)[0] == 503 and info.value.retry_after
             await manager.prefetch("gemma3:270m")
-            while manager._loading:
-                await asyncio.sleep(0.05)
+            assert await async_wait_until(lambda: not manager._loading, 600)
             assert await first_tokens(await manager.engine("gemma3:270m"))
         finally:
             await manager.close()
@@ -319,8 +319,7 @@ def test_local_file_and_prefetch_and_ready(tmp_path, gemma_path):
                 await manager.prefetch("s3://bucket")
             await manager.prefetch(str(gemma_path))
             assert manager._loading
-            while not manager.ready():
-                await asyncio.sleep(0.05)
+            assert await async_wait_until(manager.ready, 600)
             (loaded,) = manager.cache_report()["loaded"]
             assert loaded["source"] == "file" and loaded["tier"] == "file"
             assert [m.name for m in manager.models()] == [str(gemma_path)]
@@ -355,17 +354,6 @@ def test_default_serves_bundled_gemma_through_a_local_registry(tmp_path, gemma_p
     asyncio.run(main())
 
 
-async def _wait_for(predicate, timeout: float = 120.0) -> bool:
-    """Poll a background effect (the deadline only bounds a hung test)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
-
-
 def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
     async def main():
         s = settings(tmp_path, registry=str(pushed), promote_per_hour=3)
@@ -382,7 +370,8 @@ def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
             ram = second.loader.tiers[0]
             assert not ram.contains(digest)
             await second.engine("gemma3:270m")    # 3rd request this hour (history persists)
-            assert await _wait_for(lambda: second.cache_report()["policy"]["promotions"] == 1)
+            assert await async_wait_until(
+                lambda: second.cache_report()["policy"]["promotions"] == 1, 120)
             assert ram.contains(digest)
         finally:
             await second.close()
@@ -409,7 +398,8 @@ def test_the_likely_next_model_is_prefetched_with_history_from_disk(tmp_path, pu
             assert manager.loader.locate(other_digest) is None
             await manager.engine("gemma3:270m")            # history: other:v1 comes next
             # The counter moves after the prefetch returns, so wait on it, not on the bytes.
-            assert await _wait_for(lambda: manager.cache_report()["policy"]["prefetches"] == 1)
+            assert await async_wait_until(
+                lambda: manager.cache_report()["policy"]["prefetches"] == 1, 120)
             assert manager.loader.locate(other_digest) is not None
             assert "other:v1" not in manager._entries      # bytes only, no engine
         finally:

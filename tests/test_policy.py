@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tiers.disk import DiskTier
 from tiers.policy import (AccessStats, Policy, PolicyConfig, prefetch_candidate,
-                          promotion_target, should_promote)
+                          should_promote)
 from tiers.ram import RamTier
 
 CFG = PolicyConfig(promote_per_hour=5, prefetch_threshold=0.5, min_transitions=2)
@@ -42,13 +42,6 @@ def test_repeated_requests_are_not_transitions() -> None:
     for t in range(5):
         stats.record("a", float(t))
     assert stats.transitions == {}
-
-
-def test_promotion_target_is_the_next_faster_tier_without_the_model() -> None:
-    assert promotion_target([False, True, True], 2) == 0
-    assert promotion_target([False, False, True], 2) == 1
-    assert promotion_target([True, True], 1) is None
-    assert promotion_target([True], 0) is None
 
 
 def test_prune_bounds_the_history() -> None:

@@ -16,7 +16,7 @@ from core.catalog.manifest import layer_order
 from core.catalog.references import DigestRef, RegistryRef, parse_name_tag
 from core.catalog.registry import Registry, hash_file
 from tests.test_manifest import write_tiny_gguf
-from tiers.errors import CorruptModel
+from tiers.errors import CorruptModel, StorageError
 
 CHUNK = 4096
 
@@ -123,7 +123,7 @@ def test_manifest_is_written_last(registry, tiny):
     # raises and no manifest points at a missing blob.
     os.makedirs(registry.root)
     open(os.path.join(registry.root, "blobs"), "w").close()
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError):
         registry.push(str(tiny), parse_name_tag("tiny:v1"))
     assert not os.path.exists(os.path.join(registry.root, "manifests"))
     assert registry.list() == []

@@ -47,7 +47,8 @@ def test_sam_build_and_package_the_zip_functions(s3_bucket: str, tmp_path: Path)
     assert (TOOLS / "sam").exists(), "SAM CLI missing: run `make tools`"
     assert sorted(WHEELS.glob("llama_cpp_python-*.whl")), "no llama-cpp-python wheel: `make install`"
     env = dict(os.environ, SAM_CLI_TELEMETRY="0",
-               PIP_ARGS=f"--find-links {WHEELS} --only-binary llama-cpp-python")
+               PIP_ARGS=f"--find-links {WHEELS} --only-binary llama-cpp-python",
+               AVX512_LIBS=str(ROOT / ".cache" / "llama-avx512" / "lib"))
     build = tmp_path / "build"
     run(TOOLS / "sam", "build", "--no-use-container", "--build-dir", build,
         "--cache-dir", tmp_path / "cache", env=env)

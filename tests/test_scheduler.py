@@ -15,8 +15,9 @@ from core import metrics
 from core.config import Settings
 from core.engine.llama import LlamaEngine, Stream
 from core.engine.protocol import GenerationRequest, SamplingParams
-from core.openai.grammar import from_response_format
 from core.engine.scheduler import common_prefix, retry_after_seconds
+from core.openai.grammar import from_response_format
+from tests.step_recorder import StepRecorder
 
 # llama.cpp does not promise batch-invariant arithmetic: a batch of 8 takes other kernel
 # paths and summation orders than a batch of 1, so greedy decoding may flip between two
@@ -37,16 +38,19 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def engine(gemma_path):
-    eng = LlamaEngine.load(str(gemma_path), name="gemma",
-                           settings=Settings(threads=1, ctx=4096, parallel=8))
-    yield eng
-    eng.close()
+def engine_settings() -> Settings:
+    """Eight slots and room for a 2,000-token prompt beside them (conftest's `engine`)."""
+    return Settings(threads=1, ctx=4096, parallel=8)
 
 
 async def collect(stream: Stream) -> tuple[str, list]:
     events = [ev async for ev in stream]
     return "".join(e.text for e in events), events
+
+
+def prefix_hits() -> float:
+    """The counter as /metrics reports it (read through the registry)."""
+    return metrics.REGISTRY.get_sample_value("strato_prefix_cache_hits_total") or 0.0
 
 
 def greedy(prompt: str, max_tokens: int) -> GenerationRequest:
@@ -79,13 +83,16 @@ def test_eight_streams_with_different_sampling_all_finish(engine) -> None:
                    for p, s in zip(PROMPTS, samplings)]
         return await asyncio.gather(*(collect(s) for s in streams)), streams
 
-    results, streams = asyncio.run(go())
+    with StepRecorder(engine.scheduler) as rec:
+        results, streams = asyncio.run(go())
     for (text, events), prompt in zip(results, PROMPTS):
         assert events[-1].finish_reason == "length", (prompt, text)
         assert events[-1].completion_tokens == 32
     # They really ran together: some step decoded all eight sequences at once.
-    steps = {step for s in streams for step in s.seq.token_steps}
-    per_step = [sum(step in s.seq.token_steps for s in streams) for step in steps]
+    token_steps = [rec.token_steps(s.seq) for s in streams]
+    assert all(len(steps) == 32 for steps in token_steps)
+    per_step = [sum(step in steps for steps in token_steps)
+                for step in set().union(*token_steps)]
     assert max(per_step) == 8
 
 
@@ -125,7 +132,7 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_eight(engine, gemma_pat
                    f"top-2 logits margin alone = {margin:.4f}")
         if margin > NEAR_TIE:
             pytest.fail(message)
-        warnings.warn(message + " (a near-tie: batched float arithmetic)")
+        warnings.warn(message + " (a near-tie: batched float arithmetic)", stacklevel=1)
 
 
 def test_cancelled_stream_frees_its_slot_for_the_next_request(gemma_path) -> None:
@@ -143,10 +150,11 @@ def test_cancelled_stream_frees_its_slot_for_the_next_request(gemma_path) -> Non
         return first, second, events
 
     try:
-        first, second, events = asyncio.run(go())
-        assert first.seq.released_step is not None
+        with StepRecorder(eng.scheduler) as rec:
+            first, second, events = asyncio.run(go())
+        assert rec.dropped_at(first.seq) is not None
         # Freed and re-used in the same scheduler step.
-        assert second.seq.admitted_step == first.seq.released_step
+        assert rec.admitted_at(second.seq) == rec.dropped_at(first.seq)
         assert first.seq.generated < 400
         assert events[-1].completion_tokens == 8
     finally:
@@ -192,17 +200,21 @@ def test_long_prompt_mid_stream_does_not_pause_other_streams(engine) -> None:
         await asyncio.gather(*(collect(s) for s in runners + [late]))
         return runners, late
 
-    runners, late = asyncio.run(go())
-    first_token_step = late.seq.token_steps[0]
-    window = range(late.seq.admitted_step + 1, first_token_step + 1)
+    with StepRecorder(engine.scheduler) as rec:
+        runners, late = asyncio.run(go())
+    first_token_step = rec.token_steps(late.seq)[0]
+    admitted = rec.admitted_at(late.seq)
+    assert admitted is not None
+    window = range(admitted + 1, first_token_step + 1)
     assert len(window) >= 2000 // budget  # the prompt really was spread over steps
-    trace = {step: (n, entries) for step, n, entries in engine.scheduler.trace}
+    decoded = rec.decoded()
     for step in window:
-        n, entries = trace[step]
-        assert n <= budget
+        plan = decoded[step].plan
+        assert plan.batch_tokens <= budget
         for r in runners:
-            if r.seq.token_steps[-1] >= step:  # still running: got its token this step
-                assert step in r.seq.token_steps, f"stream paused at step {step}: {entries}"
+            steps = rec.token_steps(r.seq)
+            if steps[-1] >= step:  # still running: got its token this step
+                assert step in steps, f"stream paused at step {step}: {plan.batch}"
 
 
 def test_shared_prefix_reuses_cells_and_keeps_output(engine, gemma_path) -> None:
@@ -212,7 +224,7 @@ def test_shared_prefix_reuses_cells_and_keeps_output(engine, gemma_path) -> None
            for q in ("Name a fruit.", "Name a colour.")]
     shared = common_prefix(engine.tokenize(ask[0]), engine.tokenize(ask[1]))
     assert shared > 150
-    before = metrics.prefix_cache_hits_total._value.get()
+    before = prefix_hits()
 
     async def go():
         first = engine.submit(greedy(ask[0], 40))
@@ -223,7 +235,7 @@ def test_shared_prefix_reuses_cells_and_keeps_output(engine, gemma_path) -> None
 
     second, text = asyncio.run(go())
     assert second.seq.reused_tokens >= shared - 1
-    assert metrics.prefix_cache_hits_total._value.get() - before >= shared - 1
+    assert prefix_hits() - before >= shared - 1
 
     fresh = LlamaEngine.load(str(gemma_path), name="fresh",
                              settings=Settings(threads=1, ctx=1024, parallel=1))
@@ -247,8 +259,9 @@ def test_kv_pressure_preempts_and_recomputes_without_truncation(gemma_path) -> N
         return streams, results
 
     try:
-        streams, results = asyncio.run(go())
-        assert eng.scheduler.preemptions > 0
+        with StepRecorder(eng.scheduler) as rec:
+            streams, results = asyncio.run(go())
+        assert rec.preemptions > 0
         for stream, (text, events) in zip(streams, results):
             assert events[-1].finish_reason == "length"
             assert events[-1].completion_tokens == 100 == stream.seq.generated

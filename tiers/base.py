@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Compression = Literal["none", "zstd"]
 _HEX = set("0123456789abcdef")
@@ -147,14 +149,22 @@ class Tier(Protocol):
     """One local storage level. Fastest first in a list; the remote is never a Tier.
 
     `name` is what metrics and reports call it (`ram`, `disk:/tmp/strato`).
-    `persistent` tiers survive the process (disk); policy stats live in the first one.
-    Every method is thread-safe.
+    `persistent` tiers survive the process (disk); policy stats live in the first one's
+    `root`, the directory it keeps its files in (None for a tier without one, RAM).
+    `on_evict`, when set (the loader sets it), is called with the digest of every blob
+    the tier evicts, after the fact. Every method is thread-safe.
     """
 
     name: str
     kind: str
     capacity: int
     persistent: bool
+    on_evict: Callable[[str], None] | None
+
+    @property
+    def root(self) -> Path | None:
+        """The directory the tier keeps its files in; None for one without (RAM)."""
+        ...
 
     def contains(self, digest: str) -> bool: ...
 
@@ -187,6 +197,11 @@ class Tier(Protocol):
     def unpin(self, digest: str) -> None: ...
 
     def entries(self) -> list[TierEntry]: ...
+
+    def close(self) -> None:
+        """Release what the tier holds open (process shutdown). Blobs a persistent tier
+        stored stay stored."""
+        ...
 
 
 EventSink = Callable[[str, str, float], None]
@@ -236,6 +251,23 @@ class TierStats:
             return {t: vars(c).copy() for t, c in self._counters.items()}
 
 
+def find_digests(tiers: Sequence[Tier], *, names: Collection[str] = (),
+                 sources: Collection[str] = ()) -> list[str]:
+    """Digests of the blobs stored under one of `names` (the reference a user gave) or
+    fetched from one of `sources` (a plain URI), fastest tier first, each once.
+
+    The metadata a tier keeps beside each blob is what lets a cached model be found
+    without the registry or the remote: serving offline, `strato rm`, plain URIs.
+    """
+    names, sources = tuple(names), tuple(sources)
+    found: dict[str, None] = {}
+    for tier in tiers:
+        for entry in tier.entries():
+            if entry.meta.get("name") in names or entry.meta.get("source") in sources:
+                found.setdefault(entry.digest)
+    return list(found)
+
+
 def describe(tiers: Sequence[Tier]) -> list[dict[str, Any]]:
     """Plain-data view of tiers for reports: name, kind, capacity, usage, entries."""
     return [{
@@ -253,7 +285,7 @@ class PinCounts:
     loaded engine that reads from it, so two engines on one blob both keep it.
     """
 
-    def __init__(self, lock: Any) -> None:
+    def __init__(self, lock: threading.Lock | threading.RLock) -> None:
         self._lock = lock
         self._counts: Counter[str] = Counter()
 

@@ -5,6 +5,7 @@ Layout under the tier's root:
     blobs/<hex>.gguf               a verified model, named by its BLAKE3
     blobs/<hex>.json               its metadata (source URL, size, ETag, GGUF summary)
     blobs/<key>.<pid>-<n>.partial  a blob being written by one process (flock held)
+    locks/<hash>.lock              held (flock) by the one process fetching a model
     policy.json                    promotion statistics (tiers/policy.py)
 
 Guarantees: a reader only ever opens `<hex>.gguf`, which appears by an atomic rename
@@ -13,21 +14,26 @@ most a `.partial`. A writer holds an exclusive flock on its partial for its whol
 the kernel drops it when the process dies, which is how a later process tells an
 abandoned partial (adopt it and resume) from a live one (leave it alone). Two processes
 racing on one blob each write their own partial and the first rename wins; the other
-drops its copy. Eviction is LRU by the blob's mtime (set on every access, shared by all
+drops its copy; to avoid even that, the loader fetches under `fetch_lock`: N processes
+asking for one model at once (Lambda Managed Instances' workers, containers sharing a
+volume, instances sharing EFS) make one fetch, and the others wait on the lock, then
+find and open the committed blob. Eviction is LRU by the blob's mtime (set on every access, shared by all
 processes on the filesystem) and never touches a blob pinned by this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from tiers.base import PinCounts, TierEntry, normalize_digest
 from tiers.errors import DiskFull, TierFull
@@ -54,6 +60,9 @@ class DiskTier:
         self.on_evict: Callable[[str], None] | None = None
         self._lock = threading.RLock()
         self._pins = PinCounts(self._lock)
+
+    def close(self) -> None:
+        """Nothing is held open between calls: files are opened per read and write."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -153,6 +162,27 @@ class DiskTier:
                 raise TierFull(f"{self.name}: needs {size} bytes, {self.capacity - used} "
                                "free and the rest is in use")
 
+    # -- one fetch across processes ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def fetch_lock(self, key: str) -> Iterator[None]:
+        """Hold this tier's cross-process lock for `key` (a digest or a URL).
+
+        flock on a small file per key: blocking, released by the kernel if the holder
+        dies, and emulated with POSIX locks over NFS (EFS), which works across
+        machines. Lock files are never unlinked (unlinking would let two processes hold
+        locks on two different inodes of one name); they are empty.
+        """
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        name = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     # -- writing ---------------------------------------------------------------------------
 
     def begin_write(self, key: str, size: int, resume: bool = False) -> "DiskWriter":
@@ -168,6 +198,17 @@ class DiskTier:
                 pass
         self.make_room(max(0, size - stale), keep=key if resume else None)
         return DiskWriter(self, key, size, resume)
+
+
+@contextlib.contextmanager
+def fetch_lock(tiers: Sequence[Any], key: str) -> Iterator[None]:
+    """Every disk tier's `fetch_lock` for `key`, in tier order (the same in every process
+    configured alike, so two processes never wait on each other in a cycle)."""
+    with contextlib.ExitStack() as stack:
+        for tier in tiers:
+            if isinstance(tier, DiskTier):
+                stack.enter_context(tier.fetch_lock(key))
+        yield
 
 
 def _abandoned(partial: Path) -> bool:

@@ -155,7 +155,7 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
     buf, start, end = cur.buf, cur.pos, len(cur.buf)
     pos = start
     unpack_from = struct.Struct("<Q").unpack_from
-    for i in range(count):
+    for i in range(count):  # noqa: B007 - `i` is read after the loop when it breaks
         if pos + 8 > end:
             break
         pos += 8 + unpack_from(buf, pos)[0]

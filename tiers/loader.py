@@ -21,6 +21,7 @@ calls it through `asyncio.to_thread`, and callbacks run on the loader's thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -31,7 +32,8 @@ from typing import Any, Callable, Sequence
 import blake3
 
 from tiers import remote
-from tiers.base import BlobPlan, Tier, TierStats
+from tiers.base import BlobPlan, Tier, TierStats, find_digests
+from tiers.disk import fetch_lock
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
@@ -94,8 +96,7 @@ class Loader:
         # would be a good part of a RAM-tier swap.
         self._headers: dict[str, GGUFHeader] = {}
         for tier in self.tiers:
-            if hasattr(tier, "on_evict"):
-                tier.on_evict = lambda digest, t=tier: self.stats.record("eviction", t.name)
+            tier.on_evict = lambda digest, t=tier: self.stats.record("eviction", t.name)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -110,11 +111,7 @@ class Loader:
         digest): a swap between cached models never touches the remote. Pass
         `revalidate=True` to `load` to compare size and ETag with the remote first.
         """
-        for tier in self.tiers:
-            for entry in tier.entries():
-                if entry.meta.get("source") == url:
-                    return entry.digest
-        return None
+        return next(iter(find_digests(self.tiers, sources=(url,))), None)
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -134,7 +131,10 @@ class Loader:
         TierFull, DiskFull.
         """
         start = time.monotonic()
-        with self._lock_for(plan.digest or plan.url):
+        # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
+        # whoever waited finds the blob committed and takes the hit path below.
+        with self._lock_for(plan.digest or plan.url), \
+                fetch_lock(self.tiers, plan.digest or plan.url):
             digest = plan.digest or self._remembered(plan.url, revalidate)
             if digest is not None:
                 handle = self._hit(digest, plan, start, promote)
@@ -186,7 +186,7 @@ class Loader:
             return ModelHandle(path=path, digest=digest, size=use.size_of(digest),
                                source=self.tiers[i].name, tier=use.name,
                                seconds=time.monotonic() - start, header=header,
-                               _release=lambda: use.unpin(digest))
+                               _release=functools.partial(use.unpin, digest))
         return None
 
     # -- promotion ----------------------------------------------------------------------

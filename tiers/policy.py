@@ -21,7 +21,9 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from tiers.base import Tier
 
 WINDOW = 3600.0
 STATS_FILE = "policy.json"
@@ -106,15 +108,6 @@ def prefetch_candidate(stats: AccessStats, after: str, config: PolicyConfig) -> 
     return best
 
 
-def promotion_target(holding: Sequence[bool], current: int) -> int | None:
-    """Index of the next faster tier that lacks the model, given `holding[i]` per tier
-    (fastest first) and the index it is served from; None when it is already fastest."""
-    for i in range(current - 1, -1, -1):
-        if not holding[i]:
-            return i
-    return None
-
-
 class Policy:
     """Access stats plus where they persist; thread-safe. I/O only in load/save."""
 
@@ -125,9 +118,9 @@ class Policy:
         self.stats = self._load()
 
     @classmethod
-    def for_tiers(cls, tiers: Sequence[Any], config: PolicyConfig | None = None) -> "Policy":
+    def for_tiers(cls, tiers: Sequence[Tier], config: PolicyConfig | None = None) -> "Policy":
         """Stats file in the first persistent tier (none: history lives in memory)."""
-        root = next((Path(t.root) for t in tiers if getattr(t, "persistent", False)), None)
+        root = next((t.root for t in tiers if t.persistent and t.root is not None), None)
         return cls(config, root / STATS_FILE if root is not None else None)
 
     def _load(self) -> AccessStats:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tiers.base import PinCounts, TierEntry, normalize_digest
@@ -34,6 +35,7 @@ class _Blob:
 class RamTier:
     kind = "ram"
     persistent = False
+    root: Path | None = None   # memfds only: nothing on a filesystem
 
     def __init__(self, capacity: int, name: str = "ram") -> None:
         self.capacity = capacity

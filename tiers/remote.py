@@ -159,6 +159,14 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, url.split("://", 1)[1]
 
 
+def forget_clients() -> None:
+    """Drop every cached client: the next read builds new ones, with new connections and
+    freshly resolved credentials. For a process restored from a snapshot (Lambda
+    SnapStart), whose sockets and temporary credentials did not survive the snapshot."""
+    with _lock:
+        _cache.clear()
+
+
 def _is_not_found(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         return True

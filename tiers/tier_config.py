@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tiers.base import Tier
+    from tiers.vram import VramTier
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
           "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
@@ -26,7 +30,11 @@ class TierSpecError(ValueError):
 
 
 def parse_size(text: str) -> int:
-    """'8GiB' -> 8589934592 (binary units; a bare number is bytes)."""
+    """'8GiB' -> 8589934592 (binary units; a bare number is bytes).
+
+    The one size parser: STRATO_TIERS capacities and the byte-valued settings
+    (STRATO_CHUNK, STRATO_MAX_BODY) use it, so they accept the same spellings.
+    """
     m = _SIZE.match(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise TierSpecError(f"not a size: {text!r} (use e.g. 512MiB, 8GiB)")
@@ -75,7 +83,7 @@ def parse_tiers(text: str) -> list[TierSpec]:
     return specs
 
 
-def build_tiers(text: str) -> tuple[list[Any], Any]:
+def build_tiers(text: str) -> tuple[list[Tier], VramTier | None]:
     """(storage tiers fastest first, VramTier or None) for a STRATO_TIERS string.
 
     The vram entry is kept only when NVML reports a GPU: CPU-only machines simply have
@@ -83,9 +91,9 @@ def build_tiers(text: str) -> tuple[list[Any], Any]:
     """
     from tiers.disk import DiskTier
     from tiers.ram import RamTier
-    from tiers.vram import VramTier, free_device_memory
+    from tiers.vram import free_device_memory
 
-    tiers: list[Any] = []
+    tiers: list[Tier] = []
     vram = None
     for spec in parse_tiers(text):
         if spec.kind == "vram":

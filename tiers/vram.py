@@ -30,7 +30,7 @@ def free_device_memory(device: int = 0) -> int | None:
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - any NVML failure means "no usable GPU"
+    except Exception:  # any NVML failure means "no usable GPU"
         return None
 
 
@@ -76,15 +76,6 @@ def oom_attempts(first: Placement, n_layers: int) -> list[int]:
         n = max(0, n - step)
         seq.append(n)
     return list(dict.fromkeys(seq))
-
-
-def is_oom(message: str) -> bool:
-    """Does a llama.cpp log line read like memory exhaustion: device (CUDA, Metal,
-    Vulkan) or host (ENOMEM from mmap or malloc)?"""
-    text = message.lower()
-    return any(s in text for s in ("out of memory", "cudamalloc", "failed to allocate",
-                                   "erroroutofdevicememory", "insufficient memory",
-                                   "cannot allocate memory", "bad_alloc"))
 
 
 class VramTier:

@@ -17,10 +17,13 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import AsyncGenerator
+from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence as Seq
+from typing import Any
 
+from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
 
 from core.engine import chat_template as chat
@@ -30,7 +33,6 @@ from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from core.engine.sampling import SamplerChain, validate
 from core.engine.scheduler import Scheduler, Sequence
 from tiers.errors import CorruptModel, ObjectNotFound
-from tiers.vram import is_oom
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,18 @@ def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             del lines[:-20]
         if _LLAMA_LOG.isEnabledFor(lvl):
             _LLAMA_LOG.log(lvl, line)
+
+
+_OOM_TEXT = ("out of memory", "cudamalloc", "failed to allocate", "erroroutofdevicememory",
+             "insufficient memory", "cannot allocate memory", "bad_alloc")
+
+
+def is_oom(message: str) -> bool:
+    """Does a llama.cpp log line read like memory exhaustion: device (CUDA, Metal,
+    Vulkan) or host (ENOMEM from mmap or malloc)? The wording is llama.cpp's and its
+    backends', so it is recognised here, beside the only code that sees it."""
+    text = message.lower()
+    return any(s in text for s in _OOM_TEXT)
 
 
 def load_failure(what: str, reasons: Seq[str]) -> Exception:
@@ -204,6 +218,8 @@ class LlamaEngine:
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        if settings.repack is not None:      # off: weights stay in the shared mapping
+            mparams.use_extra_bufts = settings.repack
         _recent.lines = []
         try:
             model = parked.take(path, n_gpu_layers) if parked is not None else None
@@ -280,7 +296,7 @@ class LlamaEngine:
             tokens.pop(0)
         return tokens
 
-    def render_chat(self, messages: Seq[dict]) -> str:
+    def render_chat(self, messages: Seq[dict[str, Any]]) -> str:
         return chat.render(messages, template=self.info.chat_template,
                            architecture=self.info.architecture, bos_token=self._bos_text,
                            eos_token=self._eos_text)
@@ -321,7 +337,7 @@ class LlamaEngine:
             raise
         return Stream(self.scheduler, seq, queue)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Stream token events; closing the generator frees the sequence at once."""
         stream = self.submit(request)
         async with stream:

@@ -9,7 +9,8 @@ is why everything here is plain data with no llama.cpp types in it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -74,10 +75,11 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[dict]) -> str: ...
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream tokens. Closing the iterator early (client gone) frees the sequence."""
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
+        """Stream tokens. Closing the generator early (`aclose()`, client gone) frees the
+        sequence; callers close it in a `finally`, hence a generator, not an iterator."""
         ...
 
     async def embed(self, inputs: Sequence[str]) -> tuple[list[list[float]], int]:

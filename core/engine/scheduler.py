@@ -1,27 +1,39 @@
 """Continuous batching: one llama.cpp context, many sequences, one `llama_decode` per step.
 
-One thread owns the context. Each step it
+One thread owns the context. Each pass is two halves:
 
-1. drops sequences whose client went away (their KV cells are removed at once),
-2. admits waiting requests in FIFO order while a sequence slot and KV cells are free,
-   reusing the longest cached prefix (its own idle slot in place, or another slot's cells
-   through `llama_memory_seq_cp`),
-3. builds one `llama_batch`: first one token for every decoding sequence, then chunks of
-   prompts that are still being read, within `step_tokens` (so a 2,000-token prompt is
-   spread over several steps and never pauses the streams already running),
-4. calls `llama_decode` once, samples every sequence that produced logits with its own
-   sampler chain, and pushes the text to that request's stream.
+- `schedule(state) -> StepPlan` is pure: from a snapshot of the slots, the queue and the
+  running sequences it decides what this pass does, and touches nothing. It
+  1. drops sequences whose client went away (waiting ones leave the queue, running ones
+     lose their KV cells),
+  2. admits waiting requests in FIFO order while a sequence slot and KV cells are free,
+     reusing the longest cached prefix (its own idle slot's cells in place, or another
+     slot's cells through `llama_memory_seq_cp`),
+  3. fills the batch: first one token for every decoding sequence, then chunks of
+     prompts still being read, within `step_tokens` (so a 2,000-token prompt is spread
+     over several steps and never pauses the streams already running),
+  4. makes room for it: idle prefix caches are evicted first (least recently used
+     first); if running sequences alone outgrow the cache, the youngest is preempted.
+- `Scheduler.execute(plan)` carries the plan out against llama.cpp (`seq_rm`, `seq_cp`,
+  one `llama_decode`), samples every sequence that produced logits with its own sampler
+  chain, and pushes the text to that request's stream.
+
+Why the split: admission, the token budget and preemption are decisions about lists of
+integers; as a pure function they are unit-tested without a model
+(tests/test_scheduler_plan.py), and the thread that talks to llama.cpp only obeys.
 
 KV accounting is in cells (one per token per slot; cells shared through `seq_cp` are
-counted twice, which only errs on the safe side). When a step would not fit, idle
-prefix caches are evicted first; if running sequences alone outgrow the cache, the
-youngest is preempted: its cells are dropped and it goes back to the head of the queue
-with the tokens it already produced, to be recomputed later (vLLM's recompute policy).
-The client sees a pause, never a truncated answer.
+counted twice, which only errs on the safe side). A preempted sequence's cells are
+dropped and it goes back to the head of the queue with the tokens it already produced,
+to be recomputed later (vLLM's recompute policy): the client sees a pause, never a
+truncated answer.
 
 A finished sequence gives its slot back at once; its cells stay as a prefix cache for the
 next turn of the same conversation until a request needs the room. A cancelled one
-loses its cells in the step that notices it.
+loses its cells in the pass that notices it.
+
+Observers (tests, debugging) subscribe to a `StepReport` per pass; the scheduler itself
+keeps no history.
 """
 
 from __future__ import annotations
@@ -30,21 +42,26 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import ModuleType
 
 from core import metrics
 from core.engine.detokenizer import TextStream
-from core.errors import ModelUnavailable, QueueFull
 from core.engine.protocol import FinishReason, GenerationRequest, TokenEvent
 from core.engine.sampling import SamplerChain
+from core.errors import ModelUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Sequence:
-    """One request's state, owned by the scheduler thread once submitted."""
+    """One request's state, owned by the scheduler thread once submitted.
+
+    Compared and hashed by identity: plans and reports refer to sequences, not values.
+    """
 
     request: GenerationRequest
     prompt: list[int]
@@ -56,12 +73,10 @@ class Sequence:
     generated: int = 0
     cancelled: bool = False
     done: bool = False
+    admitted: bool = False     # admitted once already (a preempted one comes back)
+    reused_tokens: int = 0     # prompt tokens served from the prefix cache at admission
     submitted_at: float = field(default_factory=time.monotonic)
     last_token_at: float | None = None
-    admitted_step: int | None = None   # introspection for tests and logs
-    released_step: int | None = None
-    reused_tokens: int = 0
-    token_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -78,7 +93,7 @@ class Slot:
     last_used: int = 0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Seq[int], b: Seq[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -91,12 +106,188 @@ def retry_after_seconds(waiting: int, slots: int, mean_request_s: float) -> floa
     return max(1.0, round(mean_request_s * (waiting + 1) / max(slots, 1), 1))
 
 
+# -- the plan ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SchedulerState:
+    """What `schedule` reads: the scheduler's lists at one instant (taken under its lock).
+
+    `slots[i].id == i`. `schedule` never mutates these objects.
+    """
+
+    slots: tuple[Slot, ...]
+    waiting: tuple[Sequence, ...]
+    running: tuple[Sequence, ...]
+    n_ctx: int
+    step_tokens: int
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A waiting sequence taking slot `slot` with the cells of its first `reuse` tokens.
+
+    `copy_from` names another slot whose cells are shared with `slot` (`seq_cp`) when it
+    holds a longer prefix than `slot` itself; None keeps `slot`'s own prefix in place.
+    """
+
+    seq: Sequence
+    slot: int
+    reuse: int
+    copy_from: int | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """`seq.tokens[start:start + count]` at positions `start...`, in this step's batch.
+
+    `logits`: the chunk ends the sequence's known tokens, so the next one is sampled.
+    """
+
+    seq: Sequence
+    start: int
+    count: int
+    logits: bool
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything one pass does, in the order `execute` does it."""
+
+    drop: tuple[Sequence, ...] = ()       # cancelled: out of the queue or out of the cache
+    admit: tuple[Admission, ...] = ()     # FIFO, into free slots
+    evict: tuple[int, ...] = ()           # idle slots whose prefix caches go, LRU first
+    preempt: tuple[Sequence, ...] = ()    # running ones sent back to the queue, youngest first
+    batch: tuple[Chunk, ...] = ()         # decoding sequences first, then prompt chunks
+
+    @property
+    def batch_tokens(self) -> int:
+        return sum(c.count for c in self.batch)
+
+
+@dataclass
+class _SlotView:
+    """`schedule`'s scratch copy of a slot while it simulates the pass."""
+
+    id: int
+    cached: Seq[int]
+    busy: bool
+    last_used: int
+
+
+def schedule(state: SchedulerState) -> StepPlan:
+    """Decide one pass: drops, admissions, the batch, evictions and preemptions. Pure."""
+    slots = [_SlotView(s.id, s.cached, s.owner is not None, s.last_used) for s in state.slots]
+    running = [s for s in state.running if not s.cancelled]
+    n_past = {s: s.n_past for s in running}
+    slot_of = {s: s.slot for s in running}
+    drop = [s for s in state.waiting if s.cancelled]
+    for seq in state.running:
+        if seq.cancelled:
+            drop.append(seq)
+            slots[seq.slot].cached, slots[seq.slot].busy = [], False
+            slots[seq.slot].last_used = state.step
+
+    def cells_free() -> int:
+        return state.n_ctx - sum(len(s.cached) for s in slots)
+
+    admit: list[Admission] = []
+    for seq in state.waiting:
+        if seq.cancelled:
+            continue
+        free = [s for s in slots if not s.busy]
+        if not free:
+            break
+        evictable = sum(len(s.cached) for s in free)
+        # Room for its remaining prompt plus one more token for everyone running.
+        need = len(seq.tokens) - seq.n_past + len(running) + 1
+        if need > cells_free() + evictable:
+            break
+        placed = _place(seq, free, slots)
+        target = slots[placed.slot]
+        target.cached, target.busy = seq.tokens[:placed.reuse], True
+        target.last_used = state.step
+        n_past[seq], slot_of[seq] = placed.reuse, placed.slot
+        running.append(seq)
+        admit.append(placed)
+
+    batch = _batch(running, n_past, state.step_tokens)
+    evict: list[int] = []
+    preempt: list[Sequence] = []
+    if running:
+        idle = sorted((s for s in slots if not s.busy and s.cached), key=lambda s: s.last_used)
+        while True:
+            need = sum(c.count for c in batch)
+            while need > cells_free() and idle:
+                slot = idle.pop(0)
+                slot.cached = []
+                evict.append(slot.id)
+            if need <= cells_free() or len(running) <= 1:
+                break
+            victim = running.pop()
+            slots[slot_of[victim]].cached, slots[slot_of[victim]].busy = [], False
+            preempt.append(victim)
+            batch = _batch(running, n_past, state.step_tokens)
+    return StepPlan(drop=tuple(drop), admit=tuple(admit), evict=tuple(evict),
+                    preempt=tuple(preempt), batch=tuple(batch))
+
+
+def _place(seq: Sequence, free: list[_SlotView], slots: list[_SlotView]) -> Admission:
+    """The free slot for `seq` and the longest prefix of its tokens already cached."""
+    limit = len(seq.tokens) - 1  # the last token must be decoded to get logits
+    target = max(free, key=lambda s: (common_prefix(s.cached, seq.tokens), -s.last_used))
+    own = min(common_prefix(target.cached, seq.tokens), limit)
+    donor = max(slots, key=lambda s: common_prefix(s.cached, seq.tokens))
+    shared = min(common_prefix(donor.cached, seq.tokens), limit)
+    if shared > own and donor is not target:
+        return Admission(seq, target.id, shared, copy_from=donor.id)
+    return Admission(seq, target.id, own)
+
+
+def _batch(running: list[Sequence], n_past: dict[Sequence, int], step_tokens: int) -> list[Chunk]:
+    """One token for every decoding sequence, then prompt chunks within the budget."""
+    chunks = [Chunk(s, n_past[s], 1, True) for s in running if len(s.tokens) - n_past[s] == 1]
+    budget = step_tokens - len(chunks)
+    for s in running:
+        remaining = len(s.tokens) - n_past[s]
+        if remaining > 1 and budget > 0:
+            take = min(remaining, budget)
+            budget -= take
+            chunks.append(Chunk(s, n_past[s], take, n_past[s] + take == len(s.tokens)))
+    return chunks
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One executed pass, for observers; published before any of its tokens is emitted.
+
+    `planned_at` is the step counter when the plan was made (admissions and drops happen
+    then); `decoded_at` the step number its batch was decoded as (its logits chunks get
+    their next token in that step), None when nothing was decoded. `preempted` adds a
+    sequence preempted because llama.cpp found no room for the batch to `plan.preempt`.
+    """
+
+    plan: StepPlan
+    planned_at: int
+    decoded_at: int | None
+    preempted: tuple[Sequence, ...]
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """A public view of one slot: who holds it and how many KV cells it keeps."""
+
+    id: int
+    busy: bool
+    cached_tokens: int
+
+
+# -- the thread that obeys -----------------------------------------------------------------
 class Scheduler:
     """The thread that owns one llama.cpp context and runs continuous batching."""
 
-    def __init__(self, *, llama: Any, ctx: Any, n_ctx: int, n_slots: int, step_tokens: int,
-                 max_queue: int, piece: Callable[[int], bytes], is_eog: Callable[[int], bool],
-                 name: str = "model") -> None:
+    def __init__(self, *, llama: ModuleType, ctx: object, n_ctx: int, n_slots: int,
+                 step_tokens: int, max_queue: int, piece: Callable[[int], bytes],
+                 is_eog: Callable[[int], bool], name: str = "model") -> None:
         self._ll = llama
         self._ctx = ctx
         self._mem = llama.llama_get_memory(ctx)
@@ -112,10 +303,8 @@ class Scheduler:
         self._stopping = False
         self._mean_request_s = 5.0
         self._batch = llama.llama_batch_init(step_tokens, 0, 1)
+        self._observers: tuple[Callable[[StepReport], None], ...] = ()
         self.step = 0
-        self.preemptions = 0
-        # (step, tokens in batch, ((slot, tokens), ...)): bounded, for tests and debugging.
-        self.trace: deque[tuple[int, int, tuple[tuple[int, int], ...]]] = deque(maxlen=4096)
         self._thread = threading.Thread(target=self._run, name=f"strato-sched-{name}",
                                         daemon=True)
         self._thread.start()
@@ -153,6 +342,27 @@ class Scheduler:
     def kv_cells_used(self) -> int:
         return sum(len(s.cached) for s in self._slots)
 
+    def slots(self) -> list[SlotReport]:
+        """Who holds each slot and how many cells it keeps (a snapshot)."""
+        with self._cv:
+            return [SlotReport(s.id, s.owner is not None, len(s.cached)) for s in self._slots]
+
+    def subscribe(self, observer: Callable[[StepReport], None]) -> None:
+        """Call `observer` with every pass's `StepReport`, on the scheduler thread."""
+        with self._cv:
+            self._observers = (*self._observers, observer)
+
+    def unsubscribe(self, observer: Callable[[StepReport], None]) -> None:
+        with self._cv:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def state(self) -> SchedulerState:
+        """The snapshot `schedule` plans from."""
+        with self._cv:
+            return SchedulerState(slots=tuple(self._slots), waiting=tuple(self._waiting),
+                                  running=tuple(self._running), n_ctx=self.n_ctx,
+                                  step_tokens=self.step_tokens, step=self.step)
+
     def close(self) -> None:
         with self._cv:
             self._stopping = True
@@ -168,16 +378,14 @@ class Scheduler:
                     self._cv.wait()
                 if self._stopping:
                     break
-                self._reap()
-                self._admit()
-            if self._running:
-                try:
-                    self._step()
-                except Exception as exc:  # a bug must not leave clients hanging forever
-                    log.exception("scheduler step failed")
-                    for seq in list(self._running):
-                        self._release(seq, keep_cache=False)
-                        seq.emit(exc)
+                plan = schedule(self.state())
+            try:
+                self.execute(plan)
+            except Exception as exc:  # a bug must not leave clients hanging forever
+                log.exception("scheduler step failed")
+                for seq in list(self._running):
+                    self._release(seq, keep_cache=False)
+                    seq.emit(exc)
         shutdown = ModelUnavailable("the model was unloaded")
         with self._cv:
             for seq in list(self._running) + list(self._waiting):
@@ -187,59 +395,90 @@ class Scheduler:
             self._waiting.clear()
             self._running.clear()
 
-    def _reap(self) -> None:
-        """Drop cancelled sequences: waiting ones leave the queue, running ones their cells."""
-        if any(s.cancelled for s in self._waiting):
-            self._waiting = deque(s for s in self._waiting if not s.cancelled)
+    def execute(self, plan: StepPlan) -> None:
+        """Carry out `plan` against llama.cpp, then sample and emit. Scheduler thread only."""
+        planned_at = self.step
+        with self._cv:
+            self._drop(plan.drop)
+            exact = all([self._admit(a) for a in plan.admit])
+        if not exact:
+            # llama.cpp could not cut a cached prefix, so the sequence starts from zero:
+            # the batch was planned from positions that no longer hold.
+            self._publish(StepReport(StepPlan(drop=plan.drop, admit=plan.admit), planned_at,
+                                     None, ()))
+            self.execute(schedule(self.state()))
+            return
+        for slot_id in plan.evict:
+            self._ll.llama_memory_seq_rm(self._mem, slot_id, -1, -1)
+            self._slots[slot_id].cached = []
+        for seq in plan.preempt:
+            self._preempt(seq)
+        if not plan.batch:
+            self._publish(StepReport(plan, planned_at, None, plan.preempt))
+            return
+        outputs = self._fill_batch(plan.batch)
+        rc = self._ll.llama_decode(self._ctx, self._batch)
+        if rc == 1 and len(self._running) > 1:
+            victim = self._running[-1]
+            self._preempt(victim)  # fragmented cache: retry next step with less
+            self._publish(StepReport(plan, planned_at, None, (*plan.preempt, victim)))
+            return
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with status {rc}")
+        self.step += 1
+        metrics.batch_size.observe(len(plan.batch))
+        for chunk in plan.batch:
+            seq = chunk.seq
+            seq.n_past = chunk.start + chunk.count
+            slot = self._slots[seq.slot]
+            slot.cached = seq.tokens[:seq.n_past]
+            slot.last_used = self.step
+        self._publish(StepReport(plan, planned_at, self.step, plan.preempt))
+        for seq, idx in outputs:
+            self._advance(seq, seq.sampler.sample(self._ctx, idx))
+        metrics.kv_cells_used.set(self.kv_cells_used())
+
+    def _publish(self, report: StepReport) -> None:
+        for observer in self._observers:
+            observer(report)
+
+    def _drop(self, cancelled: Seq[Sequence]) -> None:
+        """Cancelled sequences: waiting ones leave the queue, running ones their cells."""
+        if not cancelled:
+            return
+        gone = set(cancelled)
+        if any(s in gone for s in self._waiting):
+            self._waiting = deque(s for s in self._waiting if s not in gone)
             metrics.queue_depth.set(len(self._waiting))
-        for seq in [s for s in self._running if s.cancelled]:
+        for seq in [s for s in self._running if s in gone]:
             self._release(seq, keep_cache=False)
 
-    def _free_cells(self) -> int:
-        return self.n_ctx - self.kv_cells_used()
-
-    def _admit(self) -> None:
-        while self._waiting:
-            seq = self._waiting[0]
-            free = [s for s in self._slots if s.owner is None]
-            if not free:
-                return
-            evictable = sum(len(s.cached) for s in free)
-            # Room for its remaining prompt plus one more token for everyone running.
-            need = len(seq.tokens) - seq.n_past + len(self._running) + 1
-            if need > self._free_cells() + evictable:
-                return
-            self._waiting.popleft()
-            metrics.queue_depth.set(len(self._waiting))
-            self._assign(seq, free)
-
-    def _assign(self, seq: Sequence, free: list[Slot]) -> None:
-        """Give `seq` a slot, reusing the longest prefix of its tokens already cached."""
-        limit = len(seq.tokens) - 1  # the last token must be decoded to get logits
-        target = max(free, key=lambda s: (common_prefix(s.cached, seq.tokens), -s.last_used))
-        own = min(common_prefix(target.cached, seq.tokens), limit)
-        donor = max(self._slots, key=lambda s: common_prefix(s.cached, seq.tokens))
-        shared = min(common_prefix(donor.cached, seq.tokens), limit)
-        if shared > own and donor is not target:
+    def _admit(self, admission: Admission) -> bool:
+        """Give the queue's head its slot and cached prefix; False if llama.cpp kept less
+        of the prefix than planned."""
+        seq = self._waiting.popleft()
+        assert seq is admission.seq, "admissions follow the queue's order"
+        metrics.queue_depth.set(len(self._waiting))
+        target = self._slots[admission.slot]
+        reused = admission.reuse
+        if admission.copy_from is not None:
             self._ll.llama_memory_seq_rm(self._mem, target.id, -1, -1)
-            self._ll.llama_memory_seq_cp(self._mem, donor.id, target.id, 0, shared)
-            reused = shared
-        else:
-            reused = own
-            if not self._ll.llama_memory_seq_rm(self._mem, target.id, reused, -1):
-                self._ll.llama_memory_seq_rm(self._mem, target.id, -1, -1)
-                reused = 0
+            self._ll.llama_memory_seq_cp(self._mem, admission.copy_from, target.id, 0, reused)
+        elif not self._ll.llama_memory_seq_rm(self._mem, target.id, reused, -1):
+            self._ll.llama_memory_seq_rm(self._mem, target.id, -1, -1)
+            reused = 0
         target.cached = seq.tokens[:reused]
         target.owner = seq
         target.last_used = self.step
         seq.slot, seq.n_past = target.id, reused
-        if seq.admitted_step is None:
+        if not seq.admitted:
             metrics.tokens_in_total.inc(len(seq.prompt))
             seq.reused_tokens = reused
+            seq.admitted = True
         if reused:
             metrics.prefix_cache_hits_total.inc(reused)
-        seq.admitted_step = self.step
         self._running.append(seq)
+        return reused == admission.reuse
 
     def _release(self, seq: Sequence, *, keep_cache: bool) -> None:
         slot = self._slots[seq.slot]
@@ -249,7 +488,6 @@ class Scheduler:
         slot.owner = None
         slot.last_used = self.step
         self._running.remove(seq)
-        seq.released_step = self.step
         seq.done = True
         seq.sampler.free()
 
@@ -260,73 +498,29 @@ class Scheduler:
         slot.cached, slot.owner = [], None
         self._running.remove(seq)
         seq.n_past, seq.slot = 0, -1
-        self.preemptions += 1
         with self._cv:
             self._waiting.appendleft(seq)
             metrics.queue_depth.set(len(self._waiting))
         log.warning("KV cache full: preempted a sequence of %d tokens", len(seq.tokens))
 
-    def _plan(self) -> list[tuple[Sequence, int, int, bool]]:
-        """(seq, first position, token count, wants logits) for this step's batch."""
-        entries = [(s, s.n_past, 1, True) for s in self._running
-                   if len(s.tokens) - s.n_past == 1]
-        budget = self.step_tokens - len(entries)
-        for s in self._running:
-            remaining = len(s.tokens) - s.n_past
-            if remaining > 1 and budget > 0:
-                take = min(remaining, budget)
-                budget -= take
-                entries.append((s, s.n_past, take, s.n_past + take == len(s.tokens)))
-        return entries
-
-    def _make_room(self, need: int) -> bool:
-        """Evict idle prefix caches (least recently used first) until `need` cells fit."""
-        idle = sorted((s for s in self._slots if s.owner is None and s.cached),
-                      key=lambda s: s.last_used)
-        while need > self._free_cells() and idle:
-            slot = idle.pop(0)
-            self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
-            slot.cached = []
-        return need <= self._free_cells()
-
-    def _step(self) -> None:
-        entries = self._plan()
-        while not self._make_room(sum(e[2] for e in entries)) and len(self._running) > 1:
-            self._preempt(self._running[-1])
-            entries = self._plan()
-        if not entries:
-            return
-        ll, batch = self._ll, self._batch
+    def _fill_batch(self, chunks: Seq[Chunk]) -> list[tuple[Sequence, int]]:
+        """Write `chunks` into the llama_batch; returns (sequence, logits row) to sample."""
+        batch = self._batch
         outputs: list[tuple[Sequence, int]] = []
         n = 0
-        for seq, start, count, wants in entries:
-            for k in range(count):
-                batch.token[n] = seq.tokens[start + k]
-                batch.pos[n] = start + k
+        for chunk in chunks:
+            seq = chunk.seq
+            for k in range(chunk.count):
+                batch.token[n] = seq.tokens[chunk.start + k]
+                batch.pos[n] = chunk.start + k
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.slot
-                batch.logits[n] = 1 if (wants and k == count - 1) else 0
+                batch.logits[n] = 1 if (chunk.logits and k == chunk.count - 1) else 0
                 n += 1
-            if wants:
+            if chunk.logits:
                 outputs.append((seq, n - 1))
         batch.n_tokens = n
-        rc = ll.llama_decode(self._ctx, batch)
-        if rc == 1 and len(self._running) > 1:
-            self._preempt(self._running[-1])  # fragmented cache: retry next step with less
-            return
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with status {rc}")
-        self.step += 1
-        self.trace.append((self.step, n, tuple((s.slot, c) for s, _, c, _ in entries)))
-        metrics.batch_size.observe(len(entries))
-        for seq, start, count, _ in entries:
-            seq.n_past = start + count
-            slot = self._slots[seq.slot]
-            slot.cached = seq.tokens[:seq.n_past]
-            slot.last_used = self.step
-        for seq, idx in outputs:
-            self._advance(seq, seq.sampler.sample(self._ctx, idx))
-        metrics.kv_cells_used.set(self.kv_cells_used())
+        return outputs
 
     def _advance(self, seq: Sequence, token: int) -> None:
         """Record one sampled token and push what the client may see of it."""
@@ -336,7 +530,6 @@ class Scheduler:
         else:
             metrics.inter_token_seconds.observe(now - seq.last_token_at)
         seq.last_token_at = now
-        seq.token_steps.append(self.step)
         seq.tokens.append(token)
         seq.generated += 1
         metrics.tokens_out_total.inc()

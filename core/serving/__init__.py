@@ -34,7 +34,10 @@ _LAZY = {
     "TokenEvent": "core.engine.protocol",
 }
 
-__all__ = ["ModelService", *_LAZY]
+# Spelled out (not built from _LAZY) so that linters and type checkers see the exports.
+__all__ = ["ModelService", "ModelManager", "build_loader", "describe_tiers", "pull",
+           "remove_local", "read_header", "PullResult", "Resolver", "parse_name_tag",
+           "Engine", "GenerationRequest", "SamplingParams", "TokenEvent"]
 
 if TYPE_CHECKING:
     from core.catalog.references import parse_name_tag

@@ -8,17 +8,21 @@ so a pulled model is exactly as trustworthy as a served one.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
-from core.catalog.references import DigestRef, FileRef, Reference, RegistryRef
+from core.catalog.references import DigestRef, FileRef, ObjectRef, Reference
 from core.catalog.resolver import Resolver
 from core.config import Settings
 from core.errors import BadRequest, ModelNotFound
 from core.serving.loader_setup import build_loader
 from tiers import remote
+from tiers.base import BlobPlan, find_digests
 from tiers.fetch import Progress
-from tiers.gguf_header import GGUFHeader, read_header as parse_header, read_header_file
+from tiers.gguf_header import GGUFHeader, read_header_file
+from tiers.gguf_header import read_header as parse_header
+from tiers.loader import Loader
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,15 @@ class PullResult:
     seconds: float
 
 
-def _close(loader: Any) -> None:
+def _close(loader: Loader) -> None:
     for tier in loader.tiers:
-        if hasattr(tier, "close"):
-            tier.close()
+        tier.close()
 
 
 def pull(settings: Settings, text: str,
          on_progress: Callable[[Progress], None] | None = None) -> PullResult:
     """Fetch `text` into the persistent tiers, verified; re-resolves tags (no pinning)
     and revalidates plain URLs (a changed object is fetched again)."""
-    import os
-
     resolver = Resolver(settings)
     ref = resolver.parse(text)
     source = resolver.resolve(ref, refresh=True)
@@ -86,47 +87,54 @@ def remove_local(settings: Settings, text: str) -> list[str]:
     return removed
 
 
-def _local_digests(loader: Any, ref: Reference) -> set[str]:
+def _local_digests(loader: Loader, ref: Reference) -> set[str]:
     if isinstance(ref, DigestRef):
         return {ref.hex}
     wanted = {str(ref)}
-    if not isinstance(ref, RegistryRef):
-        wanted.add(getattr(ref, "url", str(ref)))
-    return {e.digest for t in loader.tiers for e in t.entries()
-            if e.meta.get("name") in wanted or e.meta.get("source") in wanted}
+    if isinstance(ref, ObjectRef):
+        wanted.add(ref.url)
+    return set(find_digests(loader.tiers, names=wanted, sources=wanted))
 
 
 def read_header(text: str, settings: Settings) -> tuple[GGUFHeader, int]:
     """(GGUF header, raw size) of any reference, reading only the header's bytes.
 
-    Registry models read the first chunks of their blob (decompressing zstd frames);
-    plain objects are read with ranged GETs; local files directly.
+    Local files (and the bundled model) are read directly; remote objects with ranged
+    GETs; blobs stored as zstd frames decompress just the frames the header spans.
     """
     resolver = Resolver(settings)
     ref = resolver.parse(text)
-    if isinstance(ref, FileRef):
-        import os
-
-        if not os.path.isfile(ref.path):
-            raise ModelNotFound(f"model file not found: {ref.path}", param="model")
-        return read_header_file(ref.path), os.path.getsize(ref.path)
+    if isinstance(ref, FileRef) and not os.path.isfile(ref.path):
+        raise ModelNotFound(f"model file not found: {ref.path}", param="model")
     source = resolver.resolve(ref)
-    assert source.plan is not None
-    plan, m = source.plan, source.manifest
-    if m is not None and m.compression == "zstd":
-        import zstandard
-
-        def read(start: int, end: int) -> bytes:
-            first, last = start // m.chunk_size, (max(end, start + 1) - 1) // m.chunk_size
-            last = min(last, len(m.chunks) - 1)
-            lo, hi = m.stored_range(first)[0], m.stored_range(last)[1]
-            frames = remote.read_range(plan.url, lo, hi)
-            dctx = zstandard.ZstdDecompressor()
-            raw = b"".join(dctx.decompress(frames[a - lo:b - lo], max_output_size=m.chunk_size)
-                           for a, b in (m.stored_range(i) for i in range(first, last + 1)))
-            offset = first * m.chunk_size
-            return raw[start - offset:end - offset]
-
-        return parse_header(read, m.size), m.size
+    if source.path is not None:
+        return read_header_file(source.path), os.path.getsize(source.path)
+    plan = source.plan
+    assert plan is not None, "a source has a path or a plan"
     size = plan.size if plan.size is not None else remote.info(plan.url).size
+    if plan.compression == "zstd":
+        return parse_header(_zstd_reader(plan), size), size
     return parse_header(lambda s, e: remote.read_range(plan.url, s, e), size), size
+
+
+def _zstd_reader(plan: BlobPlan) -> Callable[[int, int], bytes]:
+    """Raw ranged reads over a blob stored as one zstd frame per chunk: the frames a
+    range spans are fetched with one ranged read and decompressed."""
+    import zstandard
+
+    offsets, chunk, size = plan.frame_offsets, plan.chunk_size, plan.size
+    assert offsets is not None and size is not None, "BlobPlan checks zstd plans have both"
+
+    def read(start: int, end: int) -> bytes:
+        end = min(end, size)
+        if start >= end:
+            return b""
+        first, last = start // chunk, (end - 1) // chunk
+        lo, hi = offsets[first], offsets[last + 1]
+        frames = remote.read_range(plan.url, lo, hi)
+        # decompressobj: frames without a content-size field decompress too.
+        raw = b"".join(zstandard.ZstdDecompressor().decompressobj().decompress(
+            frames[offsets[i] - lo:offsets[i + 1] - lo]) for i in range(first, last + 1))
+        return raw[start - first * chunk:end - first * chunk]
+
+    return read

@@ -14,7 +14,7 @@ from core.errors import ConfigError
 from tiers.base import TierStats, describe
 from tiers.loader import Loader
 from tiers.tier_config import TierSpecError, build_tiers
-
+from tiers.vram import VramTier
 
 _METRIC = {"hit": metrics.tier_hits_total, "miss": metrics.tier_misses_total,
            "bytes": metrics.tier_bytes_total, "eviction": metrics.tier_evictions_total}
@@ -25,7 +25,7 @@ def record_tier_event(kind: str, tier: str, value: float) -> None:
     _METRIC[kind].labels(tier=tier).inc(value)
 
 
-def build_loader(settings: Settings) -> tuple[Loader, Any]:
+def build_loader(settings: Settings) -> tuple[Loader, VramTier | None]:
     """(Loader over STRATO_TIERS, VramTier or None); a bad spec is a ConfigError at
     start-up."""
     try:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import metrics
 from core.config import Settings
@@ -35,11 +35,15 @@ from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, 
                             to_unload)
 from core.catalog.resolver import Resolver, Source
 from core.serving.loader_setup import build_loader, describe_tiers
+from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
 from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
 from tiers.vram import oom_attempts
+
+if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
+    from core.engine.llama import LlamaEngine, ParkedModel
 
 log = logging.getLogger("strato.models")
 
@@ -53,7 +57,7 @@ class _Parked:
     keeps its bytes in place while it waits."""
 
     key: str
-    model: Any
+    model: ParkedModel
     handle: ModelHandle
 
     def free(self) -> None:
@@ -62,7 +66,7 @@ class _Parked:
         self.handle.release()
 
 
-def _engine_class() -> Any:
+def _engine_class() -> type[LlamaEngine]:
     from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
     return LlamaEngine
@@ -168,8 +172,7 @@ class ModelManager:
         await self.finish_copies()
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
-            if hasattr(tier, "close"):
-                tier.close()
+            tier.close()
 
     async def finish_copies(self, timeout: float | None = None) -> None:
         """Wait for the background copies into slower tiers (none pending: no wait).
@@ -324,11 +327,7 @@ class ModelManager:
             return self.resolver.local_plan(ref, digest)
 
     def _cached_digest(self, ref: RegistryRef) -> str | None:
-        for tier in self.loader.tiers:
-            for e in tier.entries():
-                if e.meta.get("name") == str(ref):
-                    return e.digest
-        return None
+        return next(iter(find_digests(self.loader.tiers, names=(str(ref),))), None)
 
     def _prefetch_bytes(self, key: str) -> None:
         """Promoter thread: bring a likely-next model's bytes into the tiers, no engine."""

@@ -13,11 +13,15 @@ in the way, the new load waits for one to go idle.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from tiers.loader import ModelHandle
+
+if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
+    from core.engine.llama import LlamaEngine
 
 KV_BYTES_PER_TOKEN_PER_LAYER = 4096   # f16 K+V at ~1k hidden: an overestimate for small models
 OVERHEAD = 96 << 20                   # compute buffers, scheduler, tokenizer tables
@@ -104,7 +108,7 @@ class Loaded:
     """One loaded engine and what keeps its bytes in place."""
 
     key: str
-    engine: Any
+    engine: LlamaEngine
     handle: ModelHandle | None
     digest: str | None
     source: str            # tier the bytes came from ("remote", "ram", "disk:...", "file")
@@ -131,10 +135,10 @@ class TrackedEngine:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self._engine.tokenize(text, add_bos)
 
-    def render_chat(self, messages: Sequence[dict]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self._engine.render_chat(messages)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         self._enter()
         inner = self._engine.generate(request)
         try:

@@ -1,4 +1,4 @@
-"""STRATO_TIERS parsing (pure) and building real tier objects from it."""
+"""tiers/tier_config.py: STRATO_TIERS parsing (pure) and building real tier objects from it."""
 
 from __future__ import annotations
 

@@ -88,23 +88,16 @@ def test_invalid_messages_are_bad_requests(messages) -> None:
         chat.render(messages, template=None, architecture="gemma3")
 
 
-def test_real_gemma_has_no_template_and_gets_the_gemma_fallback(gemma_path) -> None:
-    from core.config import Settings
-    from core.engine.llama import LlamaEngine
-
-    engine = LlamaEngine.load(str(gemma_path), name="gemma",
-                              settings=Settings(threads=1, ctx=256, parallel=1))
-    try:
-        assert engine.info.chat_template is None
-        assert engine.info.architecture == "gemma3"
-        prompt = engine.render_chat([{"role": "user", "content": "Hi"}])
-        assert prompt == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
-        tokens = engine.tokenize(prompt)
-        # BOS once, and the turn markers are single special tokens, not spelled out.
-        assert tokens[0] == engine.tokenize("")[0]
-        assert tokens.count(tokens[0]) == 1
-        assert len(tokens) < 12
-        # A template that writes the BOS itself must not produce a double BOS.
-        assert engine.tokenize("<bos>" + prompt) == tokens
-    finally:
-        engine.close()
+def test_real_gemma_has_no_template_and_gets_the_gemma_fallback(load_engine) -> None:
+    engine = load_engine(ctx=256, parallel=1)
+    assert engine.info.chat_template is None
+    assert engine.info.architecture == "gemma3"
+    prompt = engine.render_chat([{"role": "user", "content": "Hi"}])
+    assert prompt == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    tokens = engine.tokenize(prompt)
+    # BOS once, and the turn markers are single special tokens, not spelled out.
+    assert tokens[0] == engine.tokenize("")[0]
+    assert tokens.count(tokens[0]) == 1
+    assert len(tokens) < 12
+    # A template that writes the BOS itself must not produce a double BOS.
+    assert engine.tokenize("<bos>" + prompt) == tokens
