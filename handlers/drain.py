@@ -87,8 +87,11 @@ def on_sigterm(drain: Drain, grace: float) -> Callable[[], None]:
                         drain.inflight, grace)
         _exit_server(previous)
 
+    def uninstall() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
     signal.signal(signal.SIGTERM, lambda signum, frame: loop.call_soon_threadsafe(start))
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    return uninstall
 
 
 def _exit_server(previous: Any) -> None:

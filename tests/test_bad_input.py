@@ -9,8 +9,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.http_server import (API_KEY, Server, make_service, server,  # noqa: F401
-                               settings_for)
+from tests.http_server import API_KEY, Server, make_service, server, settings_for  # noqa: F401
 
 http = httpx.Client(timeout=300)
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.http_server import API_KEY, Server, server  # noqa: F401 (fixture)
 

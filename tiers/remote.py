@@ -115,8 +115,7 @@ def _public_only_http(private_hosts: frozenset[str]) -> Any:
     from tiers.addresses import is_public_ip
 
     class PublicOnlyConnector(aiohttp.TCPConnector):
-        async def _resolve_host(self, host: str, port: int,
-                                traces: Any = None) -> Any:  # type: ignore[override]
+        async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
             hosts = await super()._resolve_host(host, port, traces=traces)
             if host.lower().rstrip(".") not in private_hosts:
                 for entry in hosts:

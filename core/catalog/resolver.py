@@ -15,12 +15,20 @@ import os
 import threading
 from dataclasses import dataclass
 
+from core.catalog.manifest import Manifest, to_blob_plan, validator
+from core.catalog.references import (
+    DigestRef,
+    FileRef,
+    ObjectRef,
+    Reference,
+    RegistryRef,
+    RequestPolicy,
+    parse,
+    parse_request,
+)
+from core.catalog.registry import Registry
 from core.config import Settings, default_cache_dir
 from core.errors import InvalidManifest, InvalidReference, ModelNotFound
-from core.catalog.manifest import Manifest, to_blob_plan, validator
-from core.catalog.references import (DigestRef, FileRef, ObjectRef, Reference, RegistryRef,
-                                    RequestPolicy, parse, parse_request)
-from core.catalog.registry import Registry
 from tiers import remote
 from tiers.base import BlobPlan
 
