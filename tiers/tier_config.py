@@ -91,7 +91,7 @@ def build_tiers(text: str) -> tuple[list[Tier], VramTier | None]:
     """
     from tiers.disk import DiskTier
     from tiers.ram import RamTier
-    from tiers.vram import free_device_memory
+    from tiers.vram import VramTier, free_device_memory
 
     tiers: list[Tier] = []
     vram = None
