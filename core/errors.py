@@ -56,6 +56,12 @@ class ModelNotFound(StratoError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class NotFound(StratoError):
+    """A stored object (a response id) this instance does not have."""
+
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
 class PayloadTooLarge(StratoError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
 

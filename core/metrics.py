@@ -50,6 +50,23 @@ load_throughput_bytes = Gauge("strato_load_throughput_bytes_per_second",
                               "Current fetch rate of the model loading.", ["model"],
                               registry=REGISTRY)
 
+# phases of each load (core/serving/load_timings.py): where a cold start's time goes
+load_phase_seconds = Histogram("strato_load_phase_seconds",
+                               "Seconds per phase of a model load (process start to first "
+                               "token): settings, import_*, manifest, header, fetch, "
+                               "verify_cpu, tier_writes, llama_load, gate_wait, first_token.",
+                               ["phase"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+load_fetch_bytes = Histogram("strato_load_fetch_bytes", "Bytes read from the remote per load.",
+                             buckets=(1e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10, 2.5e10),
+                             registry=REGISTRY)
+load_fetch_streams = Histogram("strato_load_fetch_streams",
+                               "Concurrent ranged reads used per load.",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
+load_fetch_mbps = Histogram("strato_load_fetch_megabytes_per_second",
+                            "Fetch throughput per load (MB/s over the whole fetch).",
+                            buckets=(10, 25, 50, 100, 200, 400, 800, 1600, 3200),
+                            registry=REGISTRY)
+
 
 def reset() -> None:
     """Zero every strato metric: a process restored from a snapshot (Lambda SnapStart) is a

@@ -20,10 +20,21 @@ from typing import Any, Callable, Sequence
 from core.config import Settings, from_env, validate
 from core.errors import BadRequest, ConfigError, StratoError
 from handlers.cli_format import human_size, local_models, table
-from handlers.cli_registry import (_cache_flags, _local_cache, _pull_flags, _push_flags,
-                                   _registry_flag, _rm_flags, cmd_cache, cmd_list_remote,
-                                   cmd_pull, cmd_push, cmd_rm)
+from handlers.cli_registry import (
+    _cache_flags,
+    _local_cache,
+    _pull_flags,
+    _push_flags,
+    _registry_flag,
+    _rm_flags,
+    cmd_cache,
+    cmd_list_remote,
+    cmd_pull,
+    cmd_push,
+    cmd_rm,
+)
 from tiers.errors import StorageError
+from tiers.timing import boottime, mark, process_start
 
 # Flags that map one-to-one onto Settings fields (flag dest -> field name).
 SETTINGS_FLAGS = ("model", "host", "port", "ctx", "threads", "registry", "tiers",
@@ -70,6 +81,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", help="one prompt; without it, an interactive chat")
     p.add_argument("--max-tokens", type=int, default=512, help="per answer (default 512)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--timings", action="store_true",
+                   help="print the load's phase timings (process start to first token) "
+                        "on stderr")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,12 +94,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from core.serving import GenerationRequest, SamplingParams
-    from handlers.http import build_service
+    # The model manager itself, not handlers.http's build_service: the HTTP stack
+    # (Starlette) is not needed for one answer and costs a cold start its import.
+    from core.serving import GenerationRequest, ModelManager, SamplingParams
 
-    service = build_service(settings)
+    service = ModelManager(settings)
     try:
         engine = await service.engine(args.model)
+        ready: float | None = boottime()
         sampling = SamplingParams(temperature=args.temperature)
         history: list[dict[str, str]] = []
         interactive = args.prompt is None
@@ -104,6 +120,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                                         max_tokens=args.max_tokens, sampling=sampling)
             parts = []
             async for event in engine.generate(request):
+                if ready is not None:
+                    _first_token(service, engine.info.name, ready, args.timings)
+                    ready = None
                 parts.append(event.text)
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
@@ -113,6 +132,18 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
     finally:
         await service.close()
+
+
+def _first_token(service: Any, model: str, ready: float, show: bool) -> None:
+    """The load's last phase (engine ready -> first token) into its timings, and the
+    table on stderr with --timings."""
+    timings = getattr(service, "timings", {}).get(model)
+    if timings is None:
+        return
+    timings.add("first_token", ready)
+    timings.observe(("first_token",))
+    if show:
+        print(timings.table(), file=sys.stderr, flush=True)
 
 
 def _read_line(prompt: str) -> str | None:
@@ -220,7 +251,9 @@ def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args, settings_from(args))
+        settings = settings_from(args)
+        mark("settings", process_start() or boottime())
+        code: int = args.func(args, settings)
         return code
     except ConfigError as exc:      # the settings, not the command: argparse's exit code
         print(f"strato {args.command}: configuration: {exc}", file=sys.stderr)

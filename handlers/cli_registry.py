@@ -74,6 +74,8 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     where = ", ".join(result.tiers) or "in place"
     print(f"{result.model} {result.digest or ''} {human_size(result.size)} from "
           f"{result.source} in {result.seconds:.1f}s -> {where}")
+    if result.timings is not None:
+        print(result.timings.table())
     return 0
 
 

@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
@@ -25,14 +26,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core import metrics
-from core.openai import responses, schemas
 from core.config import Settings, from_env
 from core.errors import (BadRequest, ConfigError, ContextOverflow, ModelUnavailable,
                          StratoError)
-from core.serving import Engine, GenerationRequest, TokenEvent
-from core.serving import ModelService
-from handlers.asgi import (ClientGone, EventStream, Gate, JSONResponse, error_response,
-                           read_json, unless_disconnected)
+from core.openai import responses, responses_api, schemas, tokenize, tools
+from core.openai.tool_output import OutputParser, collect, prompt_opens_think
+from core.serving import Engine, GenerationRequest, ModelService, TokenEvent, TokenLogprob
+from handlers.asgi import (
+    ClientGone,
+    EventStream,
+    Gate,
+    JSONResponse,
+    error_response,
+    read_json,
+    unless_disconnected,
+)
 from handlers.drain import Drain, on_sigterm
 from tiers.errors import StorageError
 
@@ -43,7 +51,7 @@ log = logging.getLogger("strato.http")
 class Completed:
     """What one generation cost; the Lambda handler turns it into EMF metrics."""
 
-    kind: str            # "chat" or "text"
+    kind: str            # "chat", "text" or "responses"
     model: str
     ttft: float | None
     prompt_tokens: int
@@ -62,6 +70,7 @@ class Api:
         self.settings = settings
         self.service = service
         self.observer = observer
+        self.responses = responses_api.ResponseStore()
 
     # --- probes and admin ----------------------------------------------------------
 
@@ -95,9 +104,19 @@ class Api:
         body = schemas.parse_chat(await read_json(request, self.settings.max_body),
                                   max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        prompt = engine.render_chat(body.messages)
-        return await self._generate(request, "chat", engine, prompt, body.decoding,
-                                    arrived, echo="")
+        spec = body.tools if body.tools is not None and body.tools.active else None
+        prompt = engine.render_chat(body.messages, spec.tools if spec else ())
+        forced = tools.forced_call(spec)
+
+        def parser() -> OutputParser:  # one per answer: each of the n is split alone
+            return OutputParser(spec.names() if spec else None,
+                                in_think=prompt_opens_think(prompt),
+                                prefix=forced.prefix if forced else "")
+
+        return await self._generate(request, "chat", engine,
+                                    prompt + (forced.prefix if forced else ""),
+                                    body.decoding, arrived, echo="", parser=parser,
+                                    tool_grammar=forced.grammar if forced else None)
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()
@@ -115,58 +134,146 @@ class Api:
             model=engine.info.name, vectors=vectors, prompt_tokens=tokens,
             encoding_format=body.encoding_format))
 
-    async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
-                        decoding: schemas.Decoding, arrived: float, echo: str) -> Response:
+    async def tokenize(self, request: Request) -> Response:
+        body = tokenize.parse_tokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        ids = engine.tokenize(body.content, add_bos=body.add_special)
+        pieces = [engine.detokenize([t]) for t in ids] if body.with_pieces else None
+        return JSONResponse(tokenize.tokens_body(ids, pieces))
+
+    async def detokenize(self, request: Request) -> Response:
+        body = tokenize.parse_detokenize(await read_json(request, self.settings.max_body))
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        return JSONResponse({"content": engine.detokenize(body.tokens)})
+
+    async def create_response(self, request: Request) -> Response:
+        """POST /v1/responses: the chat path, in the Responses API's objects and events."""
+        arrived = time.perf_counter()
+        body = responses_api.parse(await read_json(request, self.settings.max_body),
+                                   max_tokens_limit=self.settings.max_tokens_limit)
+        history = self.responses.history(body.previous_response_id)
+        engine = await unless_disconnected(request, self.service.engine(body.model))
+        prompt = engine.render_chat(body.messages(history))
+        gen, first = await self._start(request, "chat", engine, prompt, body.decoding)
+        ttft = time.perf_counter() - arrived
+        draft = responses_api.Draft(body, engine.info.name)
+        if body.decoding.stream:
+            return EventStream(self._response_events(draft, gen, first, history, ttft),
+                               headers={"Cache-Control": "no-cache",
+                                        "X-Accel-Buffering": "no"})
+        try:
+            answer = await unless_disconnected(request, _collect(gen, first))
+        finally:
+            await gen.aclose()
+        text, last = "".join(answer.texts[0]), answer.lasts[0]
+        final = responses_api.response_object(draft, text, last, answer.logprobs[0])
+        self.responses.put(body, final, text, history)
+        self._observe("responses", draft.model, ttft,
+                      responses.usage(last.prompt_tokens, last.completion_tokens))
+        return JSONResponse(final)
+
+    async def get_response(self, request: Request) -> Response:
+        return JSONResponse(self.responses.get(request.path_params["id"]))
+
+    async def delete_response(self, request: Request) -> Response:
+        rid = request.path_params["id"]
+        self.responses.delete(rid)
+        return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
+
+    async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
+                     decoding: schemas.Decoding, tool_grammar: str | None = None
+                     ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
+        """Submit one generation and wait for its first event; a forced tool call's
+        grammar takes the place of response_format's.
+
+        Admission (queue full, context overflow) happens before the first event:
+        waiting for it here turns those into real HTTP statuses, not a broken 200.
+        """
         gen = engine.generate(GenerationRequest(
             prompt=prompt, max_tokens=self._max_tokens(engine, prompt, decoding),
-            sampling=decoding.sampling, stop=decoding.stop, grammar=_grammar(decoding)))
-        created = int(time.time())
-        rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
-        model = engine.info.name
+            sampling=decoding.sampling, stop=decoding.stop,
+            grammar=tool_grammar or _grammar(decoding), n=decoding.n,
+            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs))
         try:
-            # Admission (queue full, context overflow) happens before the first event:
-            # waiting for it here turns those into real HTTP statuses, not a broken 200.
             first = await unless_disconnected(request, gen.__anext__())
         except BaseException as exc:
             await gen.aclose()
             if isinstance(exc, ContextOverflow) and kind == "text":
                 exc.param = "prompt"  # the engine cannot know which field held the text
             raise
+        return gen, first
+
+    async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
+                        decoding: schemas.Decoding, arrived: float, echo: str,
+                        parser: Callable[[], OutputParser] | None = None,
+                        tool_grammar: str | None = None) -> Response:
+        """`parser` makes the splitter of a chat answer (content, reasoning, tool calls)."""
+        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar)
+        created = int(time.time())
+        rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
+        model = engine.info.name
         ttft = time.perf_counter() - arrived
         if decoding.stream:
             writer = responses.ChunkWriter(kind, rid, created, model)
-            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo),
+            parsers = [parser() for _ in range(decoding.n)] if parser else None
+            return EventStream(self._sse(writer, gen, first, decoding, ttft, echo, parsers),
                                headers={"Cache-Control": "no-cache",
                                         "X-Accel-Buffering": "no"})
         try:
-            text, last = await unless_disconnected(request, _collect(gen, first))
+            answers = await unless_disconnected(request, _collect(gen, first, decoding.n))
         finally:
             await gen.aclose()
-        self._observe(kind, model, ttft, last)
+        choices = answers.choices(echo, decoding.logprobs is not None, parser)
+        self._observe(kind, model, ttft, responses.total_usage(choices))
         build = responses.chat_completion if kind == "chat" else responses.text_completion
-        return JSONResponse(build(id=rid, created=created, model=model, text=echo + text,
-                                  last=last))
+        return JSONResponse(build(id=rid, created=created, model=model, choices=choices))
 
-    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncIterator[TokenEvent],
+    async def _sse(self, writer: responses.ChunkWriter, gen: AsyncGenerator[TokenEvent, None],
                    event: TokenEvent, decoding: schemas.Decoding, ttft: float,
-                   echo: str) -> AsyncIterator[bytes]:
-        """SSE bytes for one stream; the finally closes the engine's generator."""
+                   echo: str, parsers: list[OutputParser] | None) -> AsyncIterator[bytes]:
+        """SSE bytes for one stream of n answers; the finally closes the engine's
+        generator. Each answer's chunks carry its index; its finish chunk comes when it
+        ends, the usage chunk (all answers) and [DONE] after the last one. A chat
+        answer's text goes through its own parser (tool calls, reasoning); the logprobs
+        of an event ride on its first content piece, or on an empty one."""
+        wants_logprobs = decoding.logprobs is not None
         try:
-            if writer.kind == "chat":
-                yield writer.role()
-            if echo:
-                yield writer.token(echo)
+            for index in range(decoding.n):
+                if writer.kind == "chat":
+                    yield writer.role(index)
+                if echo:  # the prompt's logprobs come first, on their own event
+                    yield writer.token(echo, index, event.prompt_logprobs
+                                       if wants_logprobs else None)
+            open_answers, generated = decoding.n, 0
             while True:
-                if event.text:
-                    yield writer.token(event.text)
+                logprobs = event.logprobs if wants_logprobs and event.logprobs else None
+                if parsers is None:
+                    if event.text or logprobs:
+                        yield writer.token(event.text, event.index, logprobs)
+                else:
+                    parser = parsers[event.index]
+                    pieces = parser.feed(event.text) if event.text else []
+                    if event.finish_reason is not None:
+                        pieces += parser.finish()
+                    for piece in pieces:
+                        carry = logprobs if piece.kind == "content" else None
+                        logprobs = None if carry else logprobs
+                        yield writer.delta(piece, event.index, carry)
+                    if logprobs:
+                        yield writer.token("", event.index, logprobs)
                 if event.finish_reason is not None:
-                    break
+                    calls = parsers is not None and parsers[event.index].calls > 0
+                    yield writer.finish(event, tool_calls=calls)
+                    generated += event.completion_tokens
+                    open_answers -= 1
+                    if not open_answers:
+                        break
                 event = await gen.__anext__()
-            yield writer.finish(event)
             if decoding.include_usage:
-                yield writer.usage(event)
+                yield writer.usage(event.prompt_tokens, generated)
             yield responses.DONE
-            self._observe(writer.kind, writer.model, ttft, event)
+            self._observe(writer.kind, writer.model, ttft,
+                          responses.usage(event.prompt_tokens, generated))
         except StopAsyncIteration:
             log.error("engine stream ended without a finish event")
             yield responses.sse(responses.error_body(RuntimeError("stream ended early"))[1])
@@ -174,7 +281,40 @@ class Api:
             # Headers are gone; OpenAI's clients raise on an SSE event carrying "error".
             yield responses.sse(responses.error_body(exc)[1])
         finally:
-            await gen.aclose()  # type: ignore[attr-defined]
+            await gen.aclose()
+
+    async def _response_events(self, draft: responses_api.Draft,
+                               gen: AsyncGenerator[TokenEvent, None], event: TokenEvent,
+                               history: tuple[dict[str, Any], ...],
+                               ttft: float) -> AsyncIterator[bytes]:
+        """The Responses event stream; the finished response is stored before the last
+        event goes out, so a client that reads `response.completed` can chain on it."""
+        writer = responses_api.EventWriter(draft)
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        try:
+            yield writer.opening()
+            while True:
+                if event.text or event.logprobs:
+                    parts.append(event.text)
+                    logprobs.extend(event.logprobs)
+                    yield writer.delta(event.text, event.logprobs)
+                if event.finish_reason is not None:
+                    break
+                event = await gen.__anext__()
+            text = "".join(parts)
+            tail, final = writer.closing(text, event, logprobs)
+            self.responses.put(draft.request, final, text, history)
+            yield tail
+            self._observe("responses", draft.model, ttft,
+                          responses.usage(event.prompt_tokens, event.completion_tokens))
+        except StopAsyncIteration:
+            log.error("engine stream ended without a finish event")
+            yield writer.error(responses.error_body(RuntimeError("stream ended early"))[1])
+        except (StratoError, StorageError) as exc:
+            yield writer.error(responses.error_body(exc)[1])
+        finally:
+            await gen.aclose()
 
     def _max_tokens(self, engine: Engine, prompt: str, decoding: schemas.Decoding) -> int:
         """The request's max_tokens, or "until the context is full" (chat's default):
@@ -183,19 +323,53 @@ class Api:
             return decoding.max_tokens
         return max(1, min(engine.info.n_ctx, self.settings.max_tokens_limit))
 
-    def _observe(self, kind: str, model: str, ttft: float, last: TokenEvent) -> None:
+    def _observe(self, kind: str, model: str, ttft: float, used: dict[str, int]) -> None:
         if self.observer is not None:
-            self.observer(Completed(kind, model, ttft, last.prompt_tokens,
-                                    last.completion_tokens))
+            self.observer(Completed(kind, model, ttft, used["prompt_tokens"],
+                                    used["completion_tokens"]))
 
 
-async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent
-                   ) -> tuple[str, TokenEvent]:
-    parts, event = [first.text], first
-    while event.finish_reason is None:
+@dataclass
+class _Answers:
+    """A request's n answers, read to the end: texts, final events, logprobs."""
+
+    texts: list[list[str]]
+    lasts: list[TokenEvent]
+    logprobs: list[list[TokenLogprob]]
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+
+    def choices(self, echo: str, with_logprobs: bool,
+                parser: Callable[[], OutputParser] | None = None) -> list[responses.Choice]:
+        """One Choice per answer; an echo puts the prompt (and its logprobs) first; a
+        chat answer is split by its own parser."""
+        head = list(self.prompt_logprobs) if echo else []
+        out = []
+        for i, last in enumerate(self.lasts):
+            text = echo + "".join(self.texts[i])
+            output = None
+            if parser is not None:
+                split = parser()
+                output = collect(split.feed(text) + split.finish())
+            out.append(responses.Choice(i, text, last,
+                                        head + self.logprobs[i] if with_logprobs else None,
+                                        output))
+        return out
+
+
+async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent, n: int = 1) -> _Answers:
+    answers = _Answers([[] for _ in range(n)], [first] * n, [[] for _ in range(n)])
+    event, open_answers = first, n
+    while True:
+        answers.texts[event.index].append(event.text)
+        answers.logprobs[event.index].extend(event.logprobs)
+        if event.prompt_logprobs:
+            answers.prompt_logprobs = event.prompt_logprobs
+        if event.finish_reason is not None:
+            answers.lasts[event.index] = event
+            open_answers -= 1
+            if not open_answers:
+                return answers
         event = await gen.__anext__()
-        parts.append(event.text)
-    return "".join(parts), event
 
 
 def _grammar(decoding: schemas.Decoding) -> str | None:
@@ -241,6 +415,11 @@ def create_app(settings: Settings, service: ModelService, *,
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/v1/responses", api.create_response, methods=["POST"]),
+        Route("/v1/responses/{id}", api.get_response, methods=["GET"]),
+        Route("/v1/responses/{id}", api.delete_response, methods=["DELETE"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{ref:path}/load", api.load, methods=["POST"]),
         Route("/v1/cache", api.cache, methods=["GET"]),

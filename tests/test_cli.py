@@ -111,6 +111,29 @@ def test_run_one_prompt(gemma_path: Path) -> None:
     assert again.stdout == first.stdout  # greedy decoding is reproducible
 
 
+def test_run_and_pull_print_the_phase_timings(gemma_path: Path, tmp_path: Path) -> None:
+    from core.catalog.references import parse_name_tag
+    from core.catalog.registry import Registry
+
+    Registry(str(tmp_path / "registry")).push(str(gemma_path), parse_name_tag("g:1"))
+    env = {"STRATO_REGISTRY": str(tmp_path / "registry"),
+           "STRATO_TIERS": f"ram:1GiB,disk:{tmp_path / 'tier'}:2GiB"}
+    out = strato("run", "g:1", "Hi", "--max-tokens", "1", "--temperature", "0",
+                 "--timings", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()
+    rows = {line.rsplit(None, 3)[0].strip(): line for line in out.stderr.splitlines()
+            if len(line.rsplit(None, 3)) == 4}
+    for phase in ("process start -> settings", "manifest", "tensor fetch (verified, "
+                  "written)", "llama.cpp model + context", "first token"):
+        assert phase in rows, out.stderr[-2000:]
+    assert f"fetch: {gemma_path.stat().st_size / 1e6:.1f} MB" in out.stderr
+    pulled = strato("pull", "g:1", "--tiers", f"disk:{tmp_path / 'pulled'}:2GiB", env=env)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert "fetch start -> header verified" in pulled.stdout
+    assert f"fetch: {gemma_path.stat().st_size / 1e6:.1f} MB" in pulled.stdout
+
+
 def test_run_interactive_chat_keeps_history(gemma_path: Path) -> None:
     out = strato("run", str(gemma_path), "--max-tokens", "5", "--temperature", "0",
                  stdin="Hello!\nAnd again?\n/bye\n")

@@ -123,7 +123,9 @@ def test_context_overflow_raises_before_any_event(engine) -> None:
 
 
 def test_invalid_requests_are_bad_requests(engine) -> None:
-    for req in (GenerationRequest(prompt=STORY, max_tokens=0),
+    for req in (GenerationRequest(prompt=STORY, max_tokens=-1),
+                GenerationRequest(prompt=STORY, max_tokens=4, n=0),
+                GenerationRequest(prompt=STORY, max_tokens=4, n=engine.settings.parallel + 1),
                 GenerationRequest(prompt="", max_tokens=4, add_bos=False),
                 GenerationRequest(prompt=STORY, max_tokens=4,
                                   sampling=SamplingParams(temperature=-1))):

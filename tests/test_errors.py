@@ -71,7 +71,8 @@ def test_malformed_json(server: Server, model: str) -> None:
     ({**CHAT, "max_tokens": -1}, "max_tokens"),
     ({**CHAT, "max_tokens": 10**9}, "max_tokens"),
     ({**CHAT, "max_tokens": "8"}, "max_tokens"),
-    ({**CHAT, "n": 2}, "n"),
+    ({**CHAT, "n": 0}, "n"),
+    ({**CHAT, "n": 99}, "n"),  # above STRATO_PARALLEL
     ({**CHAT, "stop": 5}, "stop"),
     ({**CHAT, "messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
 ])
@@ -106,7 +107,7 @@ def test_openai_client_sees_param(server: Server, model: str) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, messages=[{"role": "user",
-                                                               "content": "x"}], n=3)
+                                                               "content": "x"}], n=99)
     assert info.value.param == "n" and info.value.status_code == 400
 
 

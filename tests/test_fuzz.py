@@ -142,7 +142,8 @@ def test_generated_bodies_never_get_a_5xx(server: Server, model: str) -> None:
 
 
 def test_raw_bytes_and_any_json_never_get_a_5xx(server: Server, model: str) -> None:
-    paths = st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+    paths = st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                             "/v1/responses", "/tokenize", "/detokenize"])
 
     @budget(700)
     @given(paths, st.binary(max_size=64) | any_json.map(encode))
@@ -159,7 +160,7 @@ def test_every_other_route_never_gets_a_5xx(server: Server, model: str) -> None:
     @budget(300)
     @given(refs, st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
            st.sampled_from(["/v1/models", "/v1/cache", "/health", "/ready", "/metrics",
-                            "/v1/models/{}/load", "/v1/{}", "/{}"]))
+                            "/v1/models/{}/load", "/v1/responses/{}", "/v1/{}", "/{}"]))
     def run(ref: str, method: str, template: str) -> None:
         from urllib.parse import quote
 

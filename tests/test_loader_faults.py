@@ -270,7 +270,10 @@ def test_two_processes_racing_on_one_cache_dir(model: bytes, tmp_path: Path,
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert {o.split()[1] for o, _ in outs} == {digest(model)}
-    assert [o.split()[0] for o, _ in outs] == [REMOTE, REMOTE]     # both really fetched
+    # one fetch across processes: the disk tier's fetch lock makes the second wait and
+    # open the committed file (Managed Instances, instances on one EFS)
+    sources = sorted(o.split()[0] for o, _ in outs)
+    assert sources.count(REMOTE) == 1 and sources[0].startswith("disk"), sources
     blobs = cache / "blobs"
     assert sorted(f.name for f in blobs.iterdir()) == [f"{digest(model)}.gguf",
                                                       f"{digest(model)}.json"]

@@ -468,7 +468,7 @@ class SmallMachine:
         self.limit, self.calls = limit, []
 
     def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
-             parked=None):
+             parked=None, hold=None):
         from core.engine.llama import LlamaEngine, load_failure
 
         size = os.path.getsize(path)
@@ -478,7 +478,7 @@ class SmallMachine:
                 f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating {size >> 20} MiB "
                 "on device 0: cudaMalloc failed: out of memory"])
         return LlamaEngine.load(path, name=name, settings=settings,
-                                n_gpu_layers=n_gpu_layers, parked=parked)
+                                n_gpu_layers=n_gpu_layers, parked=parked, hold=hold)
 
 
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(

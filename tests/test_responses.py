@@ -6,10 +6,20 @@ import base64
 import json
 import struct
 
+from core.engine.protocol import ModelInfo, TokenEvent, TokenLogprob
 from core.errors import ContextOverflow, ModelUnavailable, QueueFull
-from core.engine.protocol import ModelInfo, TokenEvent
-from core.openai.responses import (DONE, ChunkWriter, chat_completion, embeddings, error_body,
-                            model_list, text_completion)
+from core.openai.responses import (
+    DONE,
+    Choice,
+    ChunkWriter,
+    chat_completion,
+    embeddings,
+    error_body,
+    model_list,
+    text_completion,
+)
+from core.openai.tool_output import Collected
+from tests.openapi_check import check
 from tiers.errors import IntegrityError
 
 
@@ -25,7 +35,8 @@ def test_chat_chunks_are_valid_json_with_escaped_text():
     w = ChunkWriter("chat", "chatcmpl-1", 123, "gemma")
     role = decode(w.role())
     assert role["object"] == "chat.completion.chunk" and role["id"] == "chatcmpl-1"
-    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": "",
+                                           "refusal": None}
     tricky = 'a "quote"\n\\ é 🙂 </s>'
     tok = decode(w.token(tricky))
     assert tok["choices"][0]["delta"] == {"content": tricky}
@@ -33,7 +44,7 @@ def test_chat_chunks_are_valid_json_with_escaped_text():
     fin = decode(w.finish(LAST))
     assert fin["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
                                  "finish_reason": "length"}
-    use = decode(w.usage(LAST))
+    use = decode(w.usage(7, 3))
     assert use["choices"] == [] and use["usage"] == {"prompt_tokens": 7,
                                                      "completion_tokens": 3,
                                                      "total_tokens": 10}
@@ -49,14 +60,77 @@ def test_text_chunks():
 
 
 def test_complete_objects():
-    chat = chat_completion(id="c", created=1, model="m", text="hello", last=LAST)
-    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    chat = chat_completion(id="c", created=1, model="m",
+                           choices=[Choice(0, "hello", LAST, output=Collected("hello", None))])
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hello",
+                                             "refusal": None}
     assert chat["usage"]["total_tokens"] == 10
-    text = text_completion(id="t", created=1, model="m", text="x", last=LAST)
+    check(chat, "CreateChatCompletionResponse")
+    text = text_completion(id="t", created=1, model="m", choices=[Choice(0, "x", LAST)])
     assert text["choices"][0]["text"] == "x" and text["object"] == "text_completion"
+    check(text, "CreateCompletionResponse")
     cancelled = TokenEvent(text="", finish_reason="cancelled")
-    assert chat_completion(id="c", created=1, model="m", text="", last=cancelled
+    assert chat_completion(id="c", created=1, model="m", choices=[Choice(0, "", cancelled)]
                            )["choices"][0]["finish_reason"] == "stop"
+
+
+CAFE = TokenLogprob("caf", b"caf", -0.5, (TokenLogprob("caf", b"caf", -0.5),
+                                          TokenLogprob("tea", b"tea", -1.5)))
+HALF_E = TokenLogprob("\ufffd", b"\xc3", -0.25, ())  # half of "é": bytes keep it exact
+
+
+def test_n_choices_share_the_prompt_in_usage():
+    second = TokenEvent(text="", finish_reason="stop", prompt_tokens=7, completion_tokens=2,
+                        index=1)
+    out = chat_completion(id="c", created=1, model="m",
+                          choices=[Choice(0, "a", LAST), Choice(1, "b", second)])
+    assert [c["index"] for c in out["choices"]] == [0, 1]
+    assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    check(out, "CreateChatCompletionResponse")
+
+
+def test_chat_logprobs_shape():
+    out = chat_completion(id="c", created=1, model="m",
+                          choices=[Choice(0, "caf\ufffd", LAST, [CAFE, HALF_E])])
+    check(out, "CreateChatCompletionResponse")
+    content = out["choices"][0]["logprobs"]["content"]
+    assert content[0] == {"token": "caf", "logprob": -0.5, "bytes": [99, 97, 102],
+                          "top_logprobs": [{"token": "caf", "logprob": -0.5,
+                                            "bytes": [99, 97, 102]},
+                                           {"token": "tea", "logprob": -1.5,
+                                            "bytes": [116, 101, 97]}]}
+    assert content[1]["bytes"] == [0xC3] and content[1]["top_logprobs"] == []
+    assert out["choices"][0]["logprobs"]["refusal"] is None
+
+
+def test_text_logprobs_shape():
+    scored = text_completion(id="t", created=1, model="m",
+                             choices=[Choice(0, "caftea", LAST, [CAFE, CAFE])])
+    check(scored, "CreateCompletionResponse")
+    assert scored["choices"][0]["logprobs"]["text_offset"] == [0, 3]
+    # A prompt's first token (no BOS before it) has nothing to be scored against: null,
+    # as OpenAI's echo sends it (its published schema says number; lm-eval expects null).
+    first = TokenLogprob("Once", b"Once", None)
+    out = text_completion(id="t", created=1, model="m",
+                          choices=[Choice(0, "Oncecaf", LAST, [first, CAFE])])
+    assert out["choices"][0]["logprobs"] == {
+        "tokens": ["Once", "caf"], "token_logprobs": [None, -0.5],
+        "top_logprobs": [None, {"caf": -0.5, "tea": -1.5}], "text_offset": [0, 4]}
+
+
+def test_streamed_logprobs_and_indices():
+    w = ChunkWriter("chat", "chatcmpl-1", 1, "m")
+    chunk = decode(w.token("caf", 2, [CAFE]))
+    check(chunk, "CreateChatCompletionStreamResponse")
+    assert chunk["choices"][0]["index"] == 2
+    assert chunk["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
+    assert decode(w.role(2))["choices"][0]["index"] == 2
+    last = TokenEvent(text="", finish_reason="stop", index=2)
+    assert decode(w.finish(last))["choices"][0]["index"] == 2
+    t = ChunkWriter("text", "cmpl-1", 1, "m")
+    decode(t.token("Once"))
+    shaped = decode(t.token("caf", 0, [CAFE]))["choices"][0]["logprobs"]
+    assert shaped["text_offset"] == [4]  # offsets run on across the stream
 
 
 def test_embeddings_base64_is_little_endian_float32():

@@ -47,3 +47,25 @@ def test_disabled_knobs_are_left_out() -> None:
 def test_invalid_params_are_bad_requests(params) -> None:
     with pytest.raises(BadRequest):
         validate(params)
+
+
+def test_log_softmax_at_matches_the_definition_and_orders_the_top() -> None:
+    import math
+
+    import numpy as np
+
+    from core.engine.sampling import log_softmax_at
+
+    logits = np.array([1.0, 3.0, 2.0, -50.0, 3.0], dtype=np.single)
+    logprob, top = log_softmax_at(logits, 2, 3)
+    norm = math.log(sum(math.exp(x) for x in logits.tolist()))
+    assert logprob == pytest.approx(2.0 - norm, abs=1e-6)
+    assert [t for t, _ in top] == [1, 4, 2]  # ties keep vocabulary order
+    assert [lp for _, lp in top] == pytest.approx([3.0 - norm, 3.0 - norm, 2.0 - norm])
+    assert log_softmax_at(logits, 0, 0)[1] == []
+
+
+def test_logit_bias_goes_first_in_the_chain() -> None:
+    spec = chain_spec(SamplingParams(temperature=0, logit_bias=((5, -100.0),)), False)
+    assert names(spec) == ["logit_bias", "greedy"]
+    assert spec[0] == ("logit_bias", (((5, -100.0),),))

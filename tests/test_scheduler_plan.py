@@ -47,7 +47,7 @@ def test_admission_is_fifo_into_free_slots() -> None:
     a, b, c = seq([1, 2, 3]), seq([4, 5]), seq([6])
     plan = schedule(state([Slot(0), Slot(1)], [a, b, c]))
     assert plan.admit == (Admission(a, 0, 0), Admission(b, 1, 0))  # c waits: no slot
-    assert plan.batch == (Chunk(a, 0, 3, True), Chunk(b, 0, 2, True))
+    assert plan.batch == (Chunk(a, 0, 2, False), Chunk(b, 0, 1, False))
 
 
 def test_admission_waits_for_room_and_never_skips_the_head() -> None:
@@ -74,7 +74,7 @@ def test_idle_prefix_caches_count_as_room_for_admission() -> None:
     # and slot 0's idle cache is evicted to make room for its prompt.
     assert plan.admit == (Admission(head, 1, 0),)
     assert plan.evict == (0,)
-    assert plan.batch == (Chunk(head, 0, 4, True),)
+    assert plan.batch == (Chunk(head, 0, 3, False),)
 
 
 def test_decoders_come_first_and_prompts_share_the_rest_of_the_budget() -> None:
@@ -95,7 +95,7 @@ def test_a_long_prompt_resumes_where_the_last_step_stopped() -> None:
     plan = schedule(state(slots, run=[s], step_tokens=32))
     assert plan.batch == (Chunk(s, 60, 32, False),)
     s.n_past, slots[0].cached = 92, prompt[:92]
-    assert schedule(state(slots, run=[s], step_tokens=32)).batch == (Chunk(s, 92, 8, True),)
+    assert schedule(state(slots, run=[s], step_tokens=32)).batch == (Chunk(s, 92, 7, False),)
 
 
 def test_own_cached_prefix_is_reused_in_place() -> None:
@@ -103,7 +103,7 @@ def test_own_cached_prefix_is_reused_in_place() -> None:
     s = seq([1, 2, 3, 4, 5, 6])
     plan = schedule(state(slots, [s]))
     assert plan.admit == (Admission(s, 0, 4),)
-    assert plan.batch == (Chunk(s, 4, 2, True),)
+    assert plan.batch == (Chunk(s, 4, 1, False),)
 
 
 def test_a_fully_cached_prompt_still_decodes_its_last_token() -> None:
@@ -135,10 +135,11 @@ def test_idle_caches_are_evicted_lru_first_and_only_as_needed() -> None:
     r = seq(list(range(8)), slot=0)  # admitted, prompt not read yet
     slots[0].owner = r
     plan = schedule(state(slots, run=[r], n_ctx=14))
-    # 12 cells cached, 8 needed of 14: two idle caches go, oldest first.
+    # 12 cells cached, 7 needed of 14 (the prompt but its last token, which is decoded
+    # alone in the next step): two idle caches go, oldest first.
     assert plan.evict == (2, 3)
     assert plan.preempt == ()
-    assert plan.batch == (Chunk(r, 0, 8, True),)
+    assert plan.batch == (Chunk(r, 0, 7, False),)
 
 
 def test_running_sequences_outgrowing_the_cache_preempt_the_youngest() -> None:
@@ -168,7 +169,7 @@ def test_cancelled_sequences_are_dropped_and_free_their_slot_in_the_same_pass() 
     assert plan.drop == (waiting_gone, gone)
     # Its cells are dropped, so none of its prefix is offered to the next sequence.
     assert plan.admit == (Admission(nxt, 0, 0),)
-    assert plan.batch == (Chunk(nxt, 0, 4, True),)
+    assert plan.batch == (Chunk(nxt, 0, 3, False),)
 
 
 def test_schedule_changes_nothing_it_reads() -> None:

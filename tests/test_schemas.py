@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
-from core.openai.schemas import (ResponseFormat, load_json, parse_chat, parse_completion,
-                          parse_embeddings)
+from core.errors import BadRequest
+from core.openai.schemas import (
+    ResponseFormat,
+    load_json,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+)
 
 LIMIT = 4096
 MSG = [{"role": "user", "content": "hi"}]
@@ -101,10 +106,41 @@ def test_wrong_types_and_ranges_name_their_param(field, value):
     assert err.param == field and err.status == 400
 
 
-def test_n_other_than_one_is_refused():
-    assert chat(n=1).decoding.max_tokens is None
-    assert refused(chat, n=2).param == "n"
-    assert refused(chat, n="1").param == "n"
+def test_n_is_a_positive_integer():
+    assert chat(n=1).decoding.n == 1 and chat().decoding.n == 1
+    assert chat(n=3).decoding.n == 3
+    for bad in (0, -1, "1", 1.5, True):
+        assert refused(chat, n=bad).param == "n"
+
+
+def test_chat_logprobs_and_top_logprobs():
+    assert chat().decoding.logprobs is None
+    assert chat(logprobs=True).decoding.logprobs == 0
+    assert chat(logprobs=True, top_logprobs=20).decoding.logprobs == 20
+    assert chat(logprobs=False).decoding.logprobs is None
+    assert refused(chat, logprobs=True, top_logprobs=21).param == "top_logprobs"
+    assert refused(chat, top_logprobs=2).param == "top_logprobs"
+    assert refused(chat, logprobs=1).param == "logprobs"
+    assert not chat(logprobs=True).decoding.prompt_logprobs
+
+
+def test_completion_logprobs_echo_and_zero_max_tokens():
+    def completion(**body):
+        return parse_completion({"prompt": "a", **body}, max_tokens_limit=LIMIT)
+    req = completion(logprobs=2)
+    assert req.decoding.logprobs == 2 and not req.decoding.prompt_logprobs
+    scored = completion(logprobs=1, echo=True, max_tokens=0)
+    assert scored.decoding.prompt_logprobs and scored.decoding.max_tokens == 0
+    assert completion(logprobs=0).decoding.logprobs == 0
+    assert refused(completion, logprobs=6).param == "logprobs"
+    assert refused(completion, max_tokens=0).param == "max_tokens"  # 0 needs echo
+
+
+def test_logit_bias():
+    assert chat(logit_bias={"7": -100, "12": 2.5}).decoding.sampling.logit_bias == \
+        ((7, -100.0), (12, 2.5))
+    for bad in ({"x": 1}, {"7": 101}, {"7": "1"}, [1], {"-3": 1}):
+        assert refused(chat, logit_bias=bad).param == "logit_bias"
 
 
 def test_messages_required_and_validated():
@@ -131,7 +167,7 @@ def test_text_parts_are_joined_and_images_refused():
 
 def test_assistant_without_content_is_allowed():
     req = chat(messages=MSG + [{"role": "assistant", "content": None}])
-    assert req.messages[1] == {"role": "assistant", "content": ""}
+    assert req.messages[1] == {"role": "assistant", "content": None}  # as templates expect
 
 
 def test_stream_options_only_count_when_streaming():
@@ -155,8 +191,8 @@ def test_response_format():
 
 
 def test_unsupported_features_are_refused_not_ignored():
-    assert refused(chat, tools=[{"type": "function"}]).param == "tools"
-    assert refused(chat, logprobs=True).param == "logprobs"
+    assert refused(chat, tools=[{"type": "function"}]).param == "tools[0].function"
+    assert refused(chat, best_of=2).param == "best_of"
     assert chat(tools=[]).messages  # an empty tool list asks for nothing
 
 

@@ -21,12 +21,52 @@ from tiers import remote
 from tiers.base import BlobPlan, TierWriter, chunk_range, n_chunks
 from tiers.errors import CorruptModel, IntegrityError, SourceUnavailable, TransientError
 from tiers.gguf_header import FIRST_READ, GGUFHeader, NeedMore, parse
+from tiers.timing import boottime
 
 log = logging.getLogger("strato.tiers")
 BLOCK = 8 << 20
 IN_FLIGHT = 256 << 20   # bytes all streams' coalesced reads may hold at once
 MAX_RUN = 64 << 20      # and one read at most, whatever the stream count
 LOG_EVERY = 2.0
+MIN_PER_STREAM = 16 << 20   # a stream that carries less spends more on its request
+HEADER_PARTS = 4            # the header's chunks are read as this many ranges at once
+
+
+def streams_for(size: int, limit: int) -> int:
+    """Concurrent ranged reads for an object of `size` bytes: at most `limit` (the
+    store's setting, STRATO_STREAMS), at least one, and no more than give each stream
+    MIN_PER_STREAM bytes: a stored object's connections are each capped (S3: about
+    80 MB/s), so many streams pay off, but a stream that moves a few megabytes costs a
+    request, a connection and a thread for little."""
+    return max(1, min(limit, -(-size // MIN_PER_STREAM)))
+
+
+@dataclass
+class FetchStats:
+    """What one miss cost, for the load's phase timings (core.serving.load_timings).
+
+    Times are on tiers.timing's boottime clock (they line up with the process start);
+    CPU and write figures are sums over the fetch threads, which run side by side, so
+    they can exceed the fetch's wall time.
+    """
+
+    started: float = 0.0           # the fetch began (first ranged read submitted)
+    header_at: float = 0.0         # the GGUF header was parsed (0: not yet)
+    finished: float = 0.0          # every chunk verified and written
+    bytes: int = 0                 # bytes read from the remote (stored form)
+    streams: int = 0               # concurrent ranged reads actually used
+    requests: int = 0              # ranged reads issued (coalesced runs, retries)
+    verify_cpu: float = 0.0        # CPU seconds of BLAKE3 (and zstd) over the chunks
+    write_seconds: float = 0.0     # wall seconds spent writing chunks into the tiers
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second over the whole fetch."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -59,10 +99,13 @@ class ChunkFetch:
 
     def __init__(self, plan: BlobPlan, size: int, writers: Sequence[TierWriter], *,
                  streams: int, retries: int, backoff: float, on_header: Callable | None,
+                 on_head: Callable[[], None] | None = None,
                  on_progress: Callable | None, start: float) -> None:
         self.plan, self.size, self.writers = plan, size, list(writers)
-        self.streams, self.retries, self.backoff = streams, retries, backoff
+        self.streams = streams_for(size, streams)
+        self.retries, self.backoff = retries, backoff
         self.on_header, self.on_progress, self.start = on_header, on_progress, start
+        self.on_head = on_head       # the header's chunks are verified (before parsing)
         self.n = n_chunks(size, plan.chunk_size)
         self.stop = threading.Event()
         self.landed = [False] * self.n
@@ -72,6 +115,8 @@ class ChunkFetch:
         self.done_bytes = 0
         self.resumed = 0
         self._logged = 0.0
+        self.stats = FetchStats()
+        self._stats_lock = threading.Lock()
 
     def run(self) -> tuple[GGUFHeader, str]:
         order = list(self.plan.order) if self.plan.order is not None else list(range(self.n))
@@ -83,9 +128,17 @@ class ChunkFetch:
         run_bytes = min(MAX_RUN, IN_FLIGHT // max(1, self.streams))
         runs = plan_runs(todo, self.streams, max(1, run_bytes // self.plan.chunk_size),
                          head=self.plan.header_chunks)
+        self.stats.started = boottime()
+        self.stats.streams = min(self.streams, len(runs))
+        # The header's run goes alone, the rest once it has landed: streams share the
+        # bandwidth (and, on a small machine, the CPU) evenly, so a header read beside
+        # all the others would land as late as they do, and everything that waits on
+        # the header (the model build, /v1/models) with it.
+        later = runs[1:] if runs and runs[0][0] < self.plan.header_chunks else []
         with ThreadPoolExecutor(max_workers=self.streams,
                                 thread_name_prefix="strato-fetch") as pool:
-            pending: set[Future] = {pool.submit(self._run, run) for run in runs}
+            pending: set[Future] = {pool.submit(self._run, run)
+                                    for run in (runs[:1] if later else runs)}
             try:
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -94,6 +147,9 @@ class ChunkFetch:
                             self.landed[index] = True
                             self.done_bytes += _length(index, self.size,
                                                        self.plan.chunk_size)
+                    if later:
+                        pending |= {pool.submit(self._run, run) for run in later}
+                        later = []
                     self._advance()
                     self._report(Progress(self.plan.label, self.done_bytes, self.size,
                                           time.monotonic() - self.start))
@@ -107,7 +163,14 @@ class ChunkFetch:
         digest = self.plan.digest or self.hasher.hexdigest()  # type: ignore[union-attr]
         if self.plan.digest is not None and self.plan.chunk_digests is None:
             self._verify_whole(digest)
+        self.stats.finished = boottime()
         return self.header, digest
+
+    def _count(self, **add: float) -> None:
+        """Add to the fetch's counters from any fetch thread."""
+        with self._stats_lock:
+            for name, value in add.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
 
     def _report(self, progress: Progress) -> None:
         """To the caller on every chunk; to the log every few seconds (a big model
@@ -154,8 +217,16 @@ class ChunkFetch:
         while self.prefix < self.n and self.landed[self.prefix]:
             start, end = chunk_range(self.prefix, self.size, cs)
             if self.hasher is not None:
+                cpu = time.thread_time()
                 self.hasher.update(self.writers[0].read_at(start, end - start))
+                self._count(verify_cpu=time.thread_time() - cpu)
             self.prefix += 1
+        if self.on_head is not None and self.plan.chunk_digests is not None \
+                and self.prefix >= min(self.plan.header_chunks, self.n):
+            # Verified against the manifest: the model build need not wait for this
+            # process's own parse of a 262k-token vocabulary (0.2 s of Python).
+            on_head, self.on_head = self.on_head, None
+            on_head()
         if self.header is None and self.prefix:
             avail = min(self.prefix * cs, self.size)
             want = min(avail, FIRST_READ)
@@ -171,6 +242,7 @@ class ChunkFetch:
                         return          # wait for more chunks to land
                     want = min(need.needed, avail)
             self.header = header
+            self.stats.header_at = boottime()
             if self.on_header is not None:
                 self.on_header(header)
 
@@ -199,8 +271,10 @@ class ChunkFetch:
     def _write(self, index: int, data: bytes | memoryview) -> None:
         """A verified chunk, at its offset, into every target tier."""
         start, _ = chunk_range(index, self.size, self.plan.chunk_size)
+        began = time.monotonic()
         for w in self.writers:
             w.write_at(start, data)
+        self._count(write_seconds=time.monotonic() - began)
 
     def _read_run(self, run: list[int]) -> list[tuple[int, bytes | memoryview | None]]:
         """(index, verified bytes or None where the chunk's digest failed) for a run."""
@@ -208,7 +282,7 @@ class ChunkFetch:
             raise SourceUnavailable("load cancelled")
         bounds = [self._stored(i) for i in run]
         lo = bounds[0][0]
-        blob = self._fetch(lo, bounds[-1][1])  # chunks are views into the one read
+        blob = self._fetch(lo, bounds[-1][1], self._parts(run[0]))  # chunks: views into it
         out: list[tuple[int, bytes | memoryview | None]] = []
         for index, (a, b) in zip(run, bounds):
             try:
@@ -247,7 +321,13 @@ class ChunkFetch:
 
     def _read(self, index: int) -> bytes | memoryview:
         """Chunk `index` alone, verified."""
-        return self._checked(index, self._fetch(*self._stored(index)))
+        return self._checked(index, self._fetch(*self._stored(index), self._parts(index)))
+
+    def _parts(self, index: int) -> int:
+        """Ranges to read a run starting at chunk `index` with: the header's as several
+        at once (everything else waits on the header: the model build, /v1/models; a
+        connection's cap would make one 8 MiB read of it take 0.1 s at 80 MB/s)."""
+        return HEADER_PARTS if index < self.plan.header_chunks else 1
 
     def _stored(self, index: int) -> tuple[int, int]:
         """Where chunk `index` is in the stored object: its zstd frame, or its bytes."""
@@ -256,9 +336,19 @@ class ChunkFetch:
             return self.plan.frame_offsets[index], self.plan.frame_offsets[index + 1]
         return chunk_range(index, self.size, self.plan.chunk_size)
 
-    def _fetch(self, lo: int, hi: int) -> memoryview:
-        """One ranged read of stored bytes [lo, hi); a short answer fails its chunks."""
-        raw = remote.read_range(self.plan.url, lo, hi)
+    def _fetch(self, lo: int, hi: int, parts: int = 1) -> memoryview:
+        """Stored bytes [lo, hi) as one ranged read, or `parts` concurrent ones joined;
+        a short answer fails its chunks."""
+        if parts > 1 and hi - lo >= parts << 20:
+            step = -(-(hi - lo) // parts)
+            bounds = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+            with ThreadPoolExecutor(len(bounds), thread_name_prefix="strato-head") as pool:
+                pieces = list(pool.map(lambda b: remote.read_range(self.plan.url, *b), bounds))
+            raw = b"".join(pieces)
+        else:
+            bounds = [(lo, hi)]
+            raw = remote.read_range(self.plan.url, lo, hi)
+        self._count(bytes=len(raw), requests=len(bounds))
         if len(raw) != hi - lo:
             raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
         return memoryview(raw)
@@ -268,9 +358,11 @@ class ChunkFetch:
         against its BLAKE3 digest when the plan has per-chunk digests."""
         plan = self.plan
         start, end = chunk_range(index, self.size, plan.chunk_size)
+        cpu = time.thread_time()
         data = _decompress(stored, end - start) if plan.compression == "zstd" else stored
         if plan.chunk_digests is not None:
             got = blake3.blake3(data).hexdigest()
+            self._count(verify_cpu=time.thread_time() - cpu)
             if got != plan.chunk_digests[index]:
                 raise _ChunkFailed("integrity", f"expected {plan.chunk_digests[index]}, "
                                                 f"got {got}")

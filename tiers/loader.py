@@ -35,7 +35,8 @@ from tiers import remote
 from tiers.base import BlobPlan, Tier, TierStats, find_digests
 from tiers.disk import fetch_lock
 from tiers.errors import DiskFull, IntegrityError, TierFull
-from tiers.fetch import ChunkFetch, Progress
+from tiers.fetch import ChunkFetch, FetchStats, Progress
+from tiers.gate import EarlyBlob
 from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.writebehind import WriteBehind, run_in_background_priority
 
@@ -57,6 +58,7 @@ class ModelHandle:
     seconds: float
     header: GGUFHeader
     resumed: int = 0     # bytes kept from an abandoned earlier attempt (not refetched)
+    fetch: FetchStats | None = None    # what the fetch cost (None: a tier hit)
     _release: Callable[[], None] | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -121,7 +123,8 @@ class Loader:
 
     def load(self, plan: BlobPlan, *, on_header: Callable[[GGUFHeader], None] | None = None,
              on_progress: Callable[[Progress], None] | None = None, promote: bool = False,
-             revalidate: bool = False, targets: Sequence[str] | None = None) -> ModelHandle:
+             revalidate: bool = False, targets: Sequence[str] | None = None,
+             on_early: Callable[[EarlyBlob], None] | None = None) -> ModelHandle:
         """Return a pinned local copy of the blob `plan` describes.
 
         Steps: resolve the digest (the plan's, or a remembered plain URI); look in every
@@ -129,6 +132,11 @@ class Loader:
         tiers); otherwise fetch into `targets` (tier names; default every tier large
         enough). Raises ObjectNotFound, SourceUnavailable, IntegrityError, CorruptModel,
         TierFull, DiskFull.
+
+        `on_early`, on a miss whose fastest target is the RAM tier, is offered the blob
+        as soon as its header is verified (tiers.gate.EarlyBlob): a model can be built
+        over it while the tensor bytes stream, behind the blob's gate, which this call
+        opens once every chunk is verified and committed, or fails with its error.
         """
         start = time.monotonic()
         # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
@@ -144,7 +152,7 @@ class Loader:
                     return handle
             for tier in self.tiers:
                 self.stats.record("miss", tier.name)
-            return self._fetch(plan, start, on_header, on_progress, targets)
+            return self._fetch(plan, start, on_header, on_progress, targets, on_early)
 
     def _remembered(self, url: str, revalidate: bool) -> str | None:
         digest = self.digest_for(url)
@@ -241,7 +249,8 @@ class Loader:
     # -- the miss path -------------------------------------------------------------------
 
     def _fetch(self, plan: BlobPlan, start: float, on_header: Callable | None,
-               on_progress: Callable | None, targets: Sequence[str] | None) -> ModelHandle:
+               on_progress: Callable | None, targets: Sequence[str] | None,
+               on_early: Callable[[EarlyBlob], None] | None = None) -> ModelHandle:
         """The miss path. Steps: size (plan or remote), target tiers that fit, one writer
         per tier (persistent tiers behind a volatile fastest one write behind it), the
         verified concurrent fetch, commit the fastest, persist the rest in the background.
@@ -255,6 +264,21 @@ class Loader:
         key = plan.digest or "url-" + blake3.blake3(plan.url.encode()).hexdigest()[:40]
         resume = plan.chunk_digests is not None
         writers: list[tuple[Tier, Any]] = []
+        early: list[EarlyBlob] = []
+
+        def offer_early(header: GGUFHeader | None) -> None:
+            first = writers[0][1]
+            if on_early is not None and not early and hasattr(first, "share"):
+                early.append(EarlyBlob(first.share(), size, header))
+                on_early(early[0])
+
+        def header_seen(header: GGUFHeader) -> None:
+            if on_header is not None:
+                on_header(header)
+            if early:
+                early[0].header = header
+            offer_early(header)
+
         try:
             for tier in chosen:
                 try:
@@ -269,7 +293,8 @@ class Loader:
                 writers.append((tier, writer))
             job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
                              retries=self.retries, backoff=self.backoff,
-                             on_header=on_header, on_progress=on_progress, start=start)
+                             on_header=header_seen, on_progress=on_progress, start=start,
+                             on_head=lambda: offer_early(None))
             header, digest = job.run()
             self._headers[digest] = header
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,
@@ -280,12 +305,16 @@ class Loader:
             for tier, w in now:
                 w.commit(digest, meta)
                 self.stats.record("bytes", tier.name, size)
-        except BaseException:
+        except BaseException as exc:
+            for blob in early:
+                blob.gate.fail(exc)
             for _, w in writers:
                 w.abort()
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
+        for blob in early:
+            blob.gate.open()
         if later:
             fastest.pin(digest)          # held until the tiers behind it are filled
             self._background(self._persist, fastest, later, digest, meta, size)
@@ -295,7 +324,8 @@ class Loader:
                  ", ".join(t.name for t, _ in writers))
         return ModelHandle(path=fastest.path(digest), digest=digest, size=size,
                            source=REMOTE, tier=fastest.name, seconds=seconds, header=header,
-                           resumed=job.resumed, _release=lambda: fastest.unpin(digest))
+                           resumed=job.resumed, fetch=job.stats,
+                           _release=lambda: fastest.unpin(digest))
 
     def _background(self, fn: Callable[..., None], *args: object) -> None:
         # Not a daemon: a CLI process that exits right after a load still finishes it.

@@ -156,6 +156,12 @@ class RamWriter:
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
 
+    def share(self) -> int:
+        """A duplicate descriptor of the memfd being filled (for an early model build,
+        tiers.gate.EarlyBlob); the caller closes it. The blob is the same memory, so
+        the build sees every chunk written later, at its offset, without a copy."""
+        return os.dup(self.fd)
+
     def commit(self, digest: str, meta: Mapping[str, Any] | None = None) -> None:
         fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
         fd, self.fd = self.fd, None

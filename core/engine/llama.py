@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
 import llama_cpp as ll
@@ -102,6 +102,31 @@ def _init_backend() -> None:
             ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
             ll.llama_backend_init()
             _backend_ready = True
+
+
+def _held_at_gate(hold: Callable[[], bool]) -> Any:
+    """A llama.cpp progress callback that calls `hold` once, before the first tensor.
+
+    llama.cpp calls its progress callback before it touches each tensor's bytes (its
+    load-time copies: weights repacked for the CPU, uploads to a GPU) and after every
+    step that reads only the header (vocabulary, metadata, tensor table, buffers), so
+    the first call is the last moment to wait for bytes still streaming in
+    (tiers.gate). `hold` returning False (the bytes failed verification) aborts the
+    load: llama.cpp frees what it built and returns NULL.
+    """
+    passed: list[bool] = []
+
+    @ll.llama_progress_callback
+    def callback(_progress: float, _user: ctypes.c_void_p) -> bool:
+        if not passed:
+            try:
+                passed.append(bool(hold()))
+            except BaseException:  # noqa: BLE001 - an exception cannot cross into C
+                log.exception("the tensor gate failed")
+                passed.append(False)
+        return passed[0]
+
+    return callback
 
 
 def _meta(model: Any, key: str) -> str | None:
@@ -198,16 +223,21 @@ class LlamaEngine:
         self.scheduler = Scheduler(
             llama=ll, ctx=self._ctx, n_ctx=info.n_ctx, n_slots=settings.parallel,
             step_tokens=_step_tokens(settings),
-            max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog, name=name)
+            max_queue=settings.max_queue, piece=self._piece, is_eog=self._is_eog,
+            bos=self._bos if self._add_bos_default else -1, name=name)
 
     # -- loading ------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
-             parked: ParkedModel | None = None) -> "LlamaEngine":
+             parked: ParkedModel | None = None,
+             hold: Callable[[], bool] | None = None) -> "LlamaEngine":
         """Load a GGUF (a file or /proc/self/fd/N) and start its scheduler. Blocking.
 
         A `parked` model of the same path and GPU layers is taken instead of loading
-        the file again (only a new context is made).
+        the file again (only a new context is made). With `hold`, the file may still be
+        filling in: llama.cpp builds what the header describes, then calls `hold`
+        before it reads any tensor byte, and gives up if it returns False
+        (`_held_at_gate`; the caller raises the reason).
 
         Raises ObjectNotFound when the path does not exist, OutOfMemory when llama.cpp
         logged an allocation failure, and CorruptModel when it cannot load the bytes
@@ -218,6 +248,9 @@ class LlamaEngine:
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        gate = _held_at_gate(hold) if hold is not None else None
+        if gate is not None:
+            mparams.progress_callback = gate       # referenced until the load returns
         if settings.repack is not None:      # off: weights stay in the shared mapping
             mparams.use_extra_bufts = settings.repack
         _recent.lines = []
@@ -296,10 +329,26 @@ class LlamaEngine:
             tokens.pop(0)
         return tokens
 
-    def render_chat(self, messages: Seq[dict[str, Any]]) -> str:
+    def detokenize(self, tokens: Seq[int]) -> str:
+        """Text of `tokens` with special tokens spelled out (llama-server's /detokenize)."""
+        bad = next((i for i, t in enumerate(tokens) if not 0 <= t < self._n_vocab), None)
+        if bad is not None:
+            raise BadRequest(f"tokens[{bad}] is {tokens[bad]}, not a token of this model "
+                             f"(0..{self._n_vocab - 1})", param=f"tokens[{bad}]")
+        ids = (ll.llama_token * max(1, len(tokens)))(*tokens)
+        cap = len(tokens) * 16 + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(cap)
+            n = ll.llama_detokenize(self._vocab, ids, len(tokens), buf, cap, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+        raise RuntimeError("llama_detokenize kept asking for a larger buffer")
+
+    def render_chat(self, messages: Seq[dict[str, Any]], tools: Seq[Any] = ()) -> str:
         return chat.render(messages, template=self.info.chat_template,
                            architecture=self.info.architecture, bos_token=self._bos_text,
-                           eos_token=self._eos_text)
+                           eos_token=self._eos_text, tools=tools)
 
     # -- generation ---------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> "Stream":
@@ -309,8 +358,12 @@ class LlamaEngine:
         """
         if self._closed:
             raise BadRequest("model is closed")
-        if request.max_tokens < 1:
-            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        if request.max_tokens < 0:
+            raise BadRequest("max_tokens must be at least 0", param="max_tokens")
+        if not 1 <= request.n <= self.settings.parallel:
+            raise BadRequest(f"n is {request.n}; this server runs at most "
+                             f"{self.settings.parallel} sequences at once (STRATO_PARALLEL)",
+                             param="n")
         validate(request.sampling)
         prompt = self.tokenize(request.prompt, add_bos=request.add_bos)
         if not prompt:
@@ -319,7 +372,15 @@ class LlamaEngine:
             raise ContextOverflow(
                 f"prompt is {len(prompt)} tokens; this model's context is {self.info.n_ctx} "
                 f"tokens (including the answer). Shorten the prompt.", param="messages")
-        sampler = SamplerChain(ll, self._vocab, self._n_vocab, request.sampling, request.grammar)
+        samplers: list[SamplerChain] = []
+        try:
+            for i in range(request.n):  # choice i draws from seed + i
+                samplers.append(SamplerChain(ll, self._vocab, self._n_vocab,
+                                             request.sampling.for_choice(i), request.grammar))
+        except BaseException:
+            for sampler in samplers:
+                sampler.free()
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 
@@ -327,15 +388,18 @@ class LlamaEngine:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the consumer's loop is gone: nobody is listening
-                seq.cancelled = True
+                for seq in seqs:
+                    seq.cancelled = True
 
-        seq = Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit)
+        seqs = [Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit, index=i)
+                for i, sampler in enumerate(samplers)]
         try:
-            self.scheduler.submit(seq)
+            self.scheduler.submit(*seqs)
         except BaseException:
-            sampler.free()
+            for sampler in samplers:
+                sampler.free()
             raise
-        return Stream(self.scheduler, seq, queue)
+        return Stream(self.scheduler, seqs, queue)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Stream token events; closing the generator frees the sequence at once."""
@@ -419,12 +483,15 @@ class LlamaEngine:
 
 
 class Stream:
-    """The consumer side of one sequence: iterate events; leaving early cancels it."""
+    """The consumer side of one request's n sequences: iterate their events (each
+    tagged with its answer's index); leaving early cancels them all."""
 
-    def __init__(self, scheduler: Scheduler, seq: Sequence,
+    def __init__(self, scheduler: Scheduler, seqs: list[Sequence],
                  queue: asyncio.Queue[TokenEvent | BaseException]) -> None:
-        self._scheduler, self.seq, self._queue = scheduler, seq, queue
-        self._finished = False  # consumer side: the final event (or an error) was read
+        self._scheduler, self.seqs, self._queue = scheduler, seqs, queue
+        self.seq = seqs[0]
+        self._open = len(seqs)    # answers whose final event was not read yet
+        self._finished = False  # consumer side: every final event (or an error) was read
 
     def __aiter__(self) -> "Stream":
         return self
@@ -437,7 +504,8 @@ class Stream:
             self._finished = True
             raise item
         if item.finish_reason is not None:
-            self._finished = True
+            self._open -= 1
+            self._finished = self._open == 0
         return item
 
     async def __aenter__(self) -> "Stream":
@@ -448,4 +516,5 @@ class Stream:
 
     def close(self) -> None:
         if not self._finished:
-            self._scheduler.cancel(self.seq)
+            for seq in self.seqs:
+                self._scheduler.cancel(seq)

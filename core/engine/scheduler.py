@@ -32,6 +32,23 @@ A finished sequence gives its slot back at once; its cells stay as a prefix cach
 next turn of the same conversation until a request needs the room. A cancelled one
 loses its cells in the pass that notices it.
 
+A prompt's last token is always decoded alone, in a step after the rest of the prompt.
+The step that samples the first token then looks the same whether the prompt was read
+just now or found in the prefix cache (where the last token is decoded again to get its
+logits): the same batch shape, the same float arithmetic, so a seeded request gives the
+same text alone and after a prefix-cache hit. It costs one step of time to first token.
+
+A request for n answers (`n` > 1) is admitted as a group, when n slots are free. The
+first sequence reads the prompt; in the step its last prompt token is decoded, the others
+take its cells with `llama_memory_seq_cp` (shared, not copied: the cache is unified) and
+draw their first token from the same logits row, each with its own sampler. Shared cells
+are counted once while the slot that lent them still holds them.
+
+Log-probabilities are read from the raw logits rows before sampling. For a prompt that
+must be scored (`prompt_logprobs`), every prompt row is requested, in chunks of at most
+`SCORE_CHUNK` tokens (each row is a vocabulary of floats: 1 MiB for Gemma), and no cached
+prefix is reused past the positions already scored.
+
 Observers (tests, debugging) subscribe to a `StepReport` per pass; the scheduler itself
 keeps no history.
 """
@@ -49,11 +66,13 @@ from types import ModuleType
 
 from core import metrics
 from core.engine.detokenizer import TextStream
-from core.engine.protocol import FinishReason, GenerationRequest, TokenEvent
-from core.engine.sampling import SamplerChain
+from core.engine.protocol import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+from core.engine.sampling import SamplerChain, describe, log_softmax_at
 from core.errors import ModelUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
+
+SCORE_CHUNK = 32  # prompt rows scored per step (logits memory: rows x vocabulary floats)
 
 
 @dataclass(eq=False)
@@ -77,10 +96,23 @@ class Sequence:
     reused_tokens: int = 0     # prompt tokens served from the prefix cache at admission
     submitted_at: float = field(default_factory=time.monotonic)
     last_token_at: float | None = None
+    index: int = 0             # which of the request's n answers
+    # n > 1: the first sequence lists the others until they take its prompt's cells;
+    # each of them names it as `leader` until then.
+    followers: list["Sequence"] = field(default_factory=list)
+    leader: "Sequence | None" = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)   # not yet emitted
+    prompt_scores: list[TokenLogprob] = field(default_factory=list)  # tokens 1.. of prompt
+    prompt_reported: bool = False
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
         self.text = TextStream(self.request.stop)
+
+    @property
+    def scoring(self) -> bool:
+        """Its prompt's tokens are being scored and some are not yet."""
+        return self.request.prompt_logprobs and len(self.prompt_scores) < len(self.prompt) - 1
 
 
 @dataclass(eq=False)
@@ -91,6 +123,28 @@ class Slot:
     cached: list[int] = field(default_factory=list)
     owner: Sequence | None = None
     last_used: int = 0
+    # The first `shared` cells are also held by slot `lender` (llama_memory_seq_cp):
+    # counted there, not here, while the lender keeps them.
+    lender: int | None = None
+    shared: int = 0
+
+
+def cells_used(slots: Seq["Slot | _SlotView"]) -> int:
+    """KV cells in use: every slot's tokens, cells shared through seq_cp counted once."""
+    return sum(len(s.cached) - (s.shared if s.lender is not None else 0) for s in slots)
+
+
+def cut(slots: Seq["Slot | _SlotView"], slot_id: int, keep: int) -> None:
+    """Slot `slot_id` keeps only its first `keep` cells: slots that borrowed more from
+    it now hold (and count) those cells alone, and it lends or borrows no more than it
+    keeps."""
+    for s in slots:
+        if s.lender == slot_id and s.shared > keep:
+            s.lender, s.shared = None, 0
+    own = slots[slot_id]
+    own.shared = min(own.shared, keep)
+    if not own.shared:
+        own.lender = None
 
 
 def common_prefix(a: Seq[int], b: Seq[int]) -> int:
@@ -147,6 +201,7 @@ class Chunk:
     start: int
     count: int
     logits: bool
+    score: bool = False   # every row's logits: the prompt's tokens are being scored
 
 
 @dataclass(frozen=True)
@@ -172,11 +227,14 @@ class _SlotView:
     cached: Seq[int]
     busy: bool
     last_used: int
+    lender: int | None = None
+    shared: int = 0
 
 
 def schedule(state: SchedulerState) -> StepPlan:
     """Decide one pass: drops, admissions, the batch, evictions and preemptions. Pure."""
-    slots = [_SlotView(s.id, s.cached, s.owner is not None, s.last_used) for s in state.slots]
+    slots = [_SlotView(s.id, s.cached, s.owner is not None, s.last_used, s.lender, s.shared)
+             for s in state.slots]
     running = [s for s in state.running if not s.cancelled]
     n_past = {s: s.n_past for s in running}
     slot_of = {s: s.slot for s in running}
@@ -184,31 +242,46 @@ def schedule(state: SchedulerState) -> StepPlan:
     for seq in state.running:
         if seq.cancelled:
             drop.append(seq)
-            slots[seq.slot].cached, slots[seq.slot].busy = [], False
+            _empty(slots, seq.slot)
+            slots[seq.slot].busy = False
             slots[seq.slot].last_used = state.step
 
     def cells_free() -> int:
-        return state.n_ctx - sum(len(s.cached) for s in slots)
+        return state.n_ctx - cells_used(slots)
 
     admit: list[Admission] = []
+    waiting = set(state.waiting)
+    admitted: set[Sequence] = set()
     for seq in state.waiting:
-        if seq.cancelled:
+        if seq.cancelled or seq in admitted:
             continue
+        # n > 1 comes in as a group: all of its sequences, or none yet.
+        group = [seq, *(f for f in seq.followers if f in waiting and not f.cancelled)]
         free = [s for s in slots if not s.busy]
-        if not free:
+        if len(free) < len(group):
             break
         evictable = sum(len(s.cached) for s in free)
         # Room for its remaining prompt plus one more token for everyone running.
-        need = len(seq.tokens) - seq.n_past + len(running) + 1
+        need = len(seq.tokens) - seq.n_past + len(running) + len(group)
         if need > cells_free() + evictable:
             break
-        placed = _place(seq, free, slots)
-        target = slots[placed.slot]
-        target.cached, target.busy = seq.tokens[:placed.reuse], True
-        target.last_used = state.step
-        n_past[seq], slot_of[seq] = placed.reuse, placed.slot
-        running.append(seq)
-        admit.append(placed)
+        for member in group:
+            free = [s for s in slots if not s.busy]
+            if member is seq:
+                placed = _place(seq, free, slots)
+            else:  # takes the leader's cells later; keep the richest prefix caches
+                placed = Admission(member, min(free, key=lambda s: (len(s.cached),
+                                                                     s.last_used)).id, 0)
+            target = slots[placed.slot]
+            _empty(slots, placed.slot, 0 if placed.copy_from is not None else placed.reuse)
+            target.cached, target.busy = member.tokens[:placed.reuse], True
+            if placed.copy_from is not None:
+                target.lender, target.shared = placed.copy_from, placed.reuse
+            target.last_used = state.step
+            n_past[member], slot_of[member] = placed.reuse, placed.slot
+            running.append(member)
+            admit.append(placed)
+            admitted.add(member)
 
     batch = _batch(running, n_past, state.step_tokens)
     evict: list[int] = []
@@ -219,21 +292,32 @@ def schedule(state: SchedulerState) -> StepPlan:
             need = sum(c.count for c in batch)
             while need > cells_free() and idle:
                 slot = idle.pop(0)
-                slot.cached = []
+                _empty(slots, slot.id)
                 evict.append(slot.id)
             if need <= cells_free() or len(running) <= 1:
                 break
             victim = running.pop()
-            slots[slot_of[victim]].cached, slots[slot_of[victim]].busy = [], False
+            _empty(slots, slot_of[victim])
+            slots[slot_of[victim]].busy = False
             preempt.append(victim)
             batch = _batch(running, n_past, state.step_tokens)
     return StepPlan(drop=tuple(drop), admit=tuple(admit), evict=tuple(evict),
                     preempt=tuple(preempt), batch=tuple(batch))
 
 
+def _empty(slots: list[_SlotView], slot_id: int, keep: int = 0) -> None:
+    """The simulated slot keeps its first `keep` cells (see `cut`)."""
+    cut(slots, slot_id, keep)
+    slots[slot_id].cached = slots[slot_id].cached[:keep]
+
+
 def _place(seq: Sequence, free: list[_SlotView], slots: list[_SlotView]) -> Admission:
-    """The free slot for `seq` and the longest prefix of its tokens already cached."""
+    """The free slot for `seq` and the longest prefix of its tokens already cached.
+
+    A prompt being scored reuses no position whose row it still needs."""
     limit = len(seq.tokens) - 1  # the last token must be decoded to get logits
+    if seq.scoring:
+        limit = len(seq.prompt_scores)
     target = max(free, key=lambda s: (common_prefix(s.cached, seq.tokens), -s.last_used))
     own = min(common_prefix(target.cached, seq.tokens), limit)
     donor = max(slots, key=lambda s: common_prefix(s.cached, seq.tokens))
@@ -244,15 +328,20 @@ def _place(seq: Sequence, free: list[_SlotView], slots: list[_SlotView]) -> Admi
 
 
 def _batch(running: list[Sequence], n_past: dict[Sequence, int], step_tokens: int) -> list[Chunk]:
-    """One token for every decoding sequence, then prompt chunks within the budget."""
-    chunks = [Chunk(s, n_past[s], 1, True) for s in running if len(s.tokens) - n_past[s] == 1]
+    """One token for every decoding sequence, then prompt chunks within the budget.
+
+    A prompt chunk stops before the prompt's last token, which is decoded alone in a
+    later step (see the module docstring). Sequences waiting for their leader's cells
+    are not in the batch."""
+    active = [s for s in running if s.leader is None]
+    chunks = [Chunk(s, n_past[s], 1, True) for s in active if len(s.tokens) - n_past[s] == 1]
     budget = step_tokens - len(chunks)
-    for s in running:
-        remaining = len(s.tokens) - n_past[s]
-        if remaining > 1 and budget > 0:
-            take = min(remaining, budget)
+    for s in active:
+        remaining = len(s.tokens) - n_past[s] - 1
+        if remaining > 0 and budget > 0:
+            take = min(remaining, budget, SCORE_CHUNK if s.scoring else remaining)
             budget -= take
-            chunks.append(Chunk(s, n_past[s], take, n_past[s] + take == len(s.tokens)))
+            chunks.append(Chunk(s, n_past[s], take, False, score=s.scoring))
     return chunks
 
 
@@ -287,7 +376,7 @@ class Scheduler:
 
     def __init__(self, *, llama: ModuleType, ctx: object, n_ctx: int, n_slots: int,
                  step_tokens: int, max_queue: int, piece: Callable[[int], bytes],
-                 is_eog: Callable[[int], bool], name: str = "model") -> None:
+                 is_eog: Callable[[int], bool], bos: int = -1, name: str = "model") -> None:
         self._ll = llama
         self._ctx = ctx
         self._mem = llama.llama_get_memory(ctx)
@@ -296,6 +385,7 @@ class Scheduler:
         self.max_queue = max_queue
         self._piece = piece
         self._is_eog = is_eog
+        self._bos = bos
         self._slots = [Slot(i) for i in range(n_slots)]
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -310,8 +400,9 @@ class Scheduler:
         self._thread.start()
 
     # -- called from other threads -------------------------------------------------
-    def submit(self, seq: Sequence) -> None:
-        """Queue `seq`, or raise QueueFull (with Retry-After) when the queue is full."""
+    def submit(self, seq: Sequence, *followers: Sequence) -> None:
+        """Queue `seq` (and the other answers of an n > 1 request, which take its
+        prompt's cells), or raise QueueFull (with Retry-After) when the queue is full."""
         with self._cv:
             if self._stopping:
                 raise ModelUnavailable("the model is shutting down")
@@ -323,7 +414,10 @@ class Scheduler:
                     f"server busy: {len(self._waiting)} requests already waiting",
                     retry_after=retry_after_seconds(len(self._waiting), len(self._slots),
                                                     self._mean_request_s))
-            self._waiting.append(seq)
+            seq.followers = list(followers)
+            for follower in followers:
+                follower.leader = seq
+            self._waiting.extend((seq, *followers))
             metrics.queue_depth.set(len(self._waiting))
             self._cv.notify()
 
@@ -340,7 +434,7 @@ class Scheduler:
         return len(self._running)
 
     def kv_cells_used(self) -> int:
-        return sum(len(s.cached) for s in self._slots)
+        return cells_used(self._slots)
 
     def slots(self) -> list[SlotReport]:
         """Who holds each slot and how many cells it keeps (a snapshot)."""
@@ -410,13 +504,13 @@ class Scheduler:
             return
         for slot_id in plan.evict:
             self._ll.llama_memory_seq_rm(self._mem, slot_id, -1, -1)
-            self._slots[slot_id].cached = []
+            self._empty(slot_id)
         for seq in plan.preempt:
             self._preempt(seq)
         if not plan.batch:
             self._publish(StepReport(plan, planned_at, None, plan.preempt))
             return
-        outputs = self._fill_batch(plan.batch)
+        outputs, scored = self._fill_batch(plan.batch)
         rc = self._ll.llama_decode(self._ctx, self._batch)
         if rc == 1 and len(self._running) > 1:
             victim = self._running[-1]
@@ -434,9 +528,75 @@ class Scheduler:
             slot.cached = seq.tokens[:seq.n_past]
             slot.last_used = self.step
         self._publish(StepReport(plan, planned_at, self.step, plan.preempt))
+        for seq, start, count, row in scored:
+            self._score(seq, start, count, row)
         for seq, idx in outputs:
-            self._advance(seq, seq.sampler.sample(self._ctx, idx))
+            group = [seq, *self._fork(seq)]
+            for member in group:
+                self._sample(member, idx)
         metrics.kv_cells_used.set(self.kv_cells_used())
+
+    def _empty(self, slot_id: int, keep: int = 0) -> None:
+        """Bookkeeping for llama.cpp having dropped slot `slot_id`'s cells from `keep`."""
+        cut(self._slots, slot_id, keep)
+        self._slots[slot_id].cached = self._slots[slot_id].cached[:keep]
+
+    def _fork(self, leader: Sequence) -> list[Sequence]:
+        """The leader's prompt is in its cells: its followers take them (seq_cp shares
+        the cells) and become sequences of their own, at the same position."""
+        forked = []
+        for seq in leader.followers:
+            if seq.cancelled or seq.slot < 0:
+                seq.leader = None  # left the group (cancelled, or preempted and requeued)
+                continue
+            slot = self._slots[seq.slot]
+            self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+            self._ll.llama_memory_seq_cp(self._mem, leader.slot, slot.id, 0, -1)
+            self._empty(slot.id)
+            slot.cached = seq.tokens[:leader.n_past]
+            slot.lender, slot.shared = leader.slot, leader.n_past
+            seq.n_past, seq.leader = leader.n_past, None
+            forked.append(seq)
+        leader.followers = []
+        return forked
+
+    def _score(self, seq: Sequence, start: int, count: int, row: int) -> None:
+        """Rows `row...` hold the logits after prompt positions `start...`: each scores
+        the prompt token that follows it (positions already scored are skipped: a
+        preempted prompt is read again from a scored prefix)."""
+        top = seq.request.logprobs or 0
+        for k in range(count):
+            nxt = start + k + 1
+            if nxt != len(seq.prompt_scores) + 1 or nxt >= len(seq.prompt):
+                continue
+            logprob, alts = log_softmax_at(seq.sampler.logits(self._ctx, row + k),
+                                           seq.prompt[nxt], top)
+            seq.prompt_scores.append(describe(self._piece, seq.prompt[nxt], logprob, alts))
+
+    def _prompt_logprobs(self, seq: Sequence) -> tuple[TokenLogprob, ...]:
+        """The prompt's tokens with their logprobs, once per request (on answer 0's
+        first event): a leading BOS is left out, a first token without one has None."""
+        if not seq.request.prompt_logprobs or seq.prompt_reported or seq.index != 0:
+            return ()
+        seq.prompt_reported = True
+        head = [] if seq.prompt[0] == self._bos else [
+            describe(self._piece, seq.prompt[0], None, [])]
+        return tuple(head + seq.prompt_scores)
+
+    def _sample(self, seq: Sequence, idx: int) -> None:
+        """Draw `seq`'s next token from logits row `idx` (or end it: max_tokens 0)."""
+        if seq.generated >= seq.request.max_tokens:  # only scoring was asked for
+            self._finish(seq, "", "length", time.monotonic())
+            return
+        prompt = self._prompt_logprobs(seq)
+        if prompt:  # the prompt's scores go out before its first token
+            seq.emit(TokenEvent(text="", index=seq.index, prompt_logprobs=prompt))
+        token = seq.sampler.sample(self._ctx, idx)
+        if seq.request.logprobs is not None:
+            logprob, alts = log_softmax_at(seq.sampler.logits(self._ctx, idx), token,
+                                           seq.request.logprobs)
+            seq.logprobs.append(describe(self._piece, token, logprob, alts))
+        self._advance(seq, token)
 
     def _publish(self, report: StepReport) -> None:
         for observer in self._observers:
@@ -464,9 +624,12 @@ class Scheduler:
         if admission.copy_from is not None:
             self._ll.llama_memory_seq_rm(self._mem, target.id, -1, -1)
             self._ll.llama_memory_seq_cp(self._mem, admission.copy_from, target.id, 0, reused)
+            self._empty(target.id)
+            target.lender, target.shared = admission.copy_from, reused
         elif not self._ll.llama_memory_seq_rm(self._mem, target.id, reused, -1):
             self._ll.llama_memory_seq_rm(self._mem, target.id, -1, -1)
             reused = 0
+        self._empty(target.id, reused)
         target.cached = seq.tokens[:reused]
         target.owner = seq
         target.last_used = self.step
@@ -484,7 +647,7 @@ class Scheduler:
         slot = self._slots[seq.slot]
         if not keep_cache:
             self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
-            slot.cached = []
+            self._empty(slot.id)
         slot.owner = None
         slot.last_used = self.step
         self._running.remove(seq)
@@ -495,32 +658,42 @@ class Scheduler:
         """Out of KV cells: drop `seq`'s cells and requeue it first, tokens kept."""
         slot = self._slots[seq.slot]
         self._ll.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
-        slot.cached, slot.owner = [], None
+        self._empty(slot.id)
+        slot.owner = None
         self._running.remove(seq)
         seq.n_past, seq.slot = 0, -1
+        if seq.leader is not None:  # it reads the prompt itself when it comes back
+            seq.leader.followers.remove(seq)
+            seq.leader = None
         with self._cv:
             self._waiting.appendleft(seq)
             metrics.queue_depth.set(len(self._waiting))
         log.warning("KV cache full: preempted a sequence of %d tokens", len(seq.tokens))
 
-    def _fill_batch(self, chunks: Seq[Chunk]) -> list[tuple[Sequence, int]]:
-        """Write `chunks` into the llama_batch; returns (sequence, logits row) to sample."""
+    def _fill_batch(self, chunks: Seq[Chunk]) -> tuple[list[tuple[Sequence, int]],
+                                                       list[tuple[Sequence, int, int, int]]]:
+        """Write `chunks` into the llama_batch. Returns (sequence, logits row) to sample
+        and (sequence, start, count, first row) of prompt chunks to score."""
         batch = self._batch
         outputs: list[tuple[Sequence, int]] = []
+        scored: list[tuple[Sequence, int, int, int]] = []
         n = 0
         for chunk in chunks:
             seq = chunk.seq
+            if chunk.score:
+                scored.append((seq, chunk.start, chunk.count, n))
             for k in range(chunk.count):
                 batch.token[n] = seq.tokens[chunk.start + k]
                 batch.pos[n] = chunk.start + k
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.slot
-                batch.logits[n] = 1 if (chunk.logits and k == chunk.count - 1) else 0
+                batch.logits[n] = 1 if chunk.score or (chunk.logits and k == chunk.count - 1) \
+                    else 0
                 n += 1
             if chunk.logits:
                 outputs.append((seq, n - 1))
         batch.n_tokens = n
-        return outputs
+        return outputs, scored
 
     def _advance(self, seq: Sequence, token: int) -> None:
         """Record one sampled token and push what the client may see of it."""
@@ -543,10 +716,21 @@ class Scheduler:
             elif seq.generated >= seq.request.max_tokens or len(seq.tokens) >= self.n_ctx:
                 text, finish = text + seq.text.flush(), "length"
         if finish is None:
-            if text:
-                seq.emit(TokenEvent(text=text))
+            if text:  # a token's logprob goes out with the text it made
+                seq.emit(TokenEvent(text=text, index=seq.index, logprobs=self._taken(seq)))
             return
+        self._finish(seq, text, finish, now)
+
+    def _finish(self, seq: Sequence, text: str, finish: FinishReason, now: float) -> None:
         self._release(seq, keep_cache=True)
         self._mean_request_s = 0.8 * self._mean_request_s + 0.2 * (now - seq.submitted_at)
         seq.emit(TokenEvent(text=text, finish_reason=finish, prompt_tokens=len(seq.prompt),
-                            completion_tokens=seq.generated))
+                            completion_tokens=seq.generated, index=seq.index,
+                            logprobs=self._taken(seq),
+                            prompt_logprobs=self._prompt_logprobs(seq)))
+
+    @staticmethod
+    def _taken(seq: Sequence) -> tuple[TokenLogprob, ...]:
+        """The logprobs not yet sent, handed over (each goes out once)."""
+        taken, seq.logprobs = tuple(seq.logprobs), []
+        return taken

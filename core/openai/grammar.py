@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.errors import BadRequest
 
@@ -129,3 +129,72 @@ def from_response_format(response_format: Any) -> str | None:
         return schema_to_gbnf(schema) if schema else JSON_OBJECT_GBNF
     raise BadRequest(f"response_format.type must be text, json_object or json_schema, "
                      f"got {kind!r}", param="response_format.type")
+
+
+def tool_calls_gbnf(functions: Sequence[tuple[str, Mapping[str, Any]]], *, call_open: str,
+                    args_sep: str, call_close: str, max_calls: int,
+                    prefilled: str = "") -> str:
+    """GBNF for 1..max_calls tool calls, each `call_open <name> args_sep <arguments>
+    call_close` (core.openai.tools's format), the arguments per that function's schema.
+
+    `prefilled` says how much of the first call the prompt already holds: "open" (the
+    text before the name) or "name" (also the one function's name and `args_sep`);
+    the grammar then starts right after it.
+
+    The wrapper is literal text (no choice of whitespace) and the functions part only
+    at their names: a grammar with fewer live alternatives is cheaper to check against
+    a whole vocabulary, which happens at every token the model would not have written
+    by itself. Each parameters schema is converted (and its `$ref`s resolved) on its
+    own, as it is its own document. A schema the converter cannot handle is a 400 on
+    `tools`, the path an unsupported json_schema takes.
+    """
+    import llama_cpp.llama_grammar as llama_grammar
+
+    schema_converter: Any = llama_grammar.SchemaConverter  # it carries no type hints
+    converter = schema_converter(prop_order={}, allow_fetch=False, dotall=False,
+                                 raw_pattern=False)
+    branches, arguments = [], []
+    try:
+        for i, (name, params) in enumerate(functions):
+            schema = converter.resolve_refs(_own_defs(params, f"tool-{i}-"), f"tools-{i}")
+            arguments.append(converter.visit(schema, f"tool-{i}-arguments"))
+            branches.append(f"{_literal(json.dumps(name) + args_sep)} {arguments[-1]}")
+    except (ValueError, KeyError, TypeError, AssertionError, RecursionError,
+            NotImplementedError) as exc:
+        raise BadRequest(f"unsupported tool parameters schema: {exc}",
+                         param="tools") from None
+    choice, closing = f"({' | '.join(branches)})", _literal(call_close)
+    first = {"": "tool-call", "open": f"{choice} {closing}",
+             "name": f"{arguments[0]} {closing}"}[prefilled]
+    more = f' ("\\n" tool-call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
+    return (f"root ::= first-call{more}\nfirst-call ::= {first}\n"
+            f"tool-call ::= {_literal(call_open)} {choice} {closing}\n"
+            f"{converter.format_grammar()}")
+
+
+def _own_defs(schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """A copy of `schema` whose local definitions (`$defs`, `definitions`) and the refs
+    to them carry `prefix`: the converter names a ref's rule after its last segment, so
+    two tools that each define an `Address` would otherwise share one rule."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        for key in ("$defs", "definitions"):
+            if isinstance(out.get(key), dict):
+                out[key] = {prefix + name: d for name, d in out[key].items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            for key in ("$defs", "definitions"):
+                if ref.startswith(f"#/{key}/"):
+                    out["$ref"] = f"#/{key}/{prefix}{ref[len(key) + 3:]}"
+        return out
+
+    return walk(json.loads(json.dumps(schema)))
+
+
+def _literal(text: str) -> str:
+    """A GBNF string literal (GBNF's escapes are JSON's for this text)."""
+    return json.dumps(text)

@@ -3,23 +3,29 @@
 Every check here is a pure function of the body, so a malformed request costs no queue
 slot, no tokenization and no model load, and each failure raises `BadRequest` with the
 `param` that OpenAI clients show the user. Unknown fields are ignored (as llama.cpp's
-server does) except those whose silent omission would change the answer (`tools`,
-`logprobs`, `n` > 1, image parts): those are refused so a client never gets a different
-kind of answer than it asked for.
+server does) except those whose silent omission would change the answer (`best_of`,
+image parts): those are refused so a client never gets a different kind of answer than
+it asked for. Tools are parsed by core.openai.tools.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
-from core.errors import BadRequest
 from core.engine.protocol import SamplingParams
+from core.errors import BadRequest
+from core.openai import tools as tool_specs
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4  # OpenAI's limit; more would slow the per-token stop scan for nothing.
+MAX_N = 128   # a sanity bound; the engine refuses n above STRATO_PARALLEL
+MAX_LOGIT_BIAS = 1024
+# OpenAI's limits: chat `top_logprobs` 0-20, completions `logprobs` 0-5.
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,17 @@ class Decoding:
     stream: bool = False
     include_usage: bool = False
     response_format: ResponseFormat | None = None
+    n: int = 1
+    logprobs: int | None = None   # None: no logprobs; k: each token's and k alternatives
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     model: str | None
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     decoding: Decoding
+    tools: tool_specs.ToolSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +139,14 @@ def parse_chat(body: Mapping[str, Any], *, max_tokens_limit: int) -> ChatRequest
     _refuse_unsupported(body, chat=True)
     parsed = parse_messages(messages)
     limit = _first_present(body, ("max_completion_tokens", "max_tokens"))
-    return ChatRequest(model=_model(body), messages=parsed,
-                       decoding=_decoding(body, limit, None, max_tokens_limit))
+    decoding = parse_decoding(body, limit, None, max_tokens_limit)
+    top = _integer(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+    if _bool(body, "logprobs", False):
+        decoding = replace(decoding, logprobs=top)
+    elif body.get("top_logprobs") is not None:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return ChatRequest(model=parse_model(body), messages=parsed, decoding=decoding,
+                       tools=tool_specs.parse_tool_spec(body))
 
 
 def parse_completion(body: Mapping[str, Any], *, max_tokens_limit: int) -> CompletionRequest:
@@ -151,9 +167,16 @@ def parse_completion(body: Mapping[str, Any], *, max_tokens_limit: int) -> Compl
     _refuse_unsupported(body, chat=False)
     # OpenAI's legacy completions default to 16 tokens; clients rely on it being short.
     limit = body.get("max_tokens", 16)
-    return CompletionRequest(model=_model(body), prompt=prompt,
-                             decoding=_decoding(body, limit, "max_tokens", max_tokens_limit),
-                             echo=_bool(body, "echo", False))
+    echo = _bool(body, "echo", False)
+    # With echo, max_tokens 0 scores the prompt without generating (lm-eval does this).
+    decoding = parse_decoding(body, limit, "max_tokens", max_tokens_limit,
+                              allow_zero=echo)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and logprobs is not False:
+        top = _integer(body, "logprobs", 0, 0, MAX_COMPLETION_LOGPROBS)
+        decoding = replace(decoding, logprobs=top, prompt_logprobs=echo)
+    return CompletionRequest(model=parse_model(body), prompt=prompt, decoding=decoding,
+                             echo=echo)
 
 
 def parse_embeddings(body: Mapping[str, Any]) -> EmbeddingRequest:
@@ -178,19 +201,17 @@ def parse_embeddings(body: Mapping[str, Any]) -> EmbeddingRequest:
     if body.get("dimensions") is not None:
         raise BadRequest("'dimensions' is not supported: the model's own size is returned",
                          param="dimensions")
-    return EmbeddingRequest(model=_model(body), inputs=inputs, encoding_format=fmt)
+    return EmbeddingRequest(model=parse_model(body), inputs=inputs, encoding_format=fmt)
 
 
 # --- pieces -------------------------------------------------------------------------
 
 
-def _decoding(body: Mapping[str, Any], max_tokens: Any, max_param: str | None,
-              max_tokens_limit: int) -> Decoding:
+def parse_decoding(body: Mapping[str, Any], max_tokens: Any, max_param: str | None,
+                   max_tokens_limit: int, *, allow_zero: bool = False) -> Decoding:
+    """The sampling and output options of a body (chat, completions and responses)."""
     param = max_param or ("max_completion_tokens" if body.get("max_completion_tokens")
                           is not None else "max_tokens")
-    n = body.get("n", 1)
-    if n is not None and (not _is_int(n) or n != 1):
-        raise BadRequest("only n=1 is supported", param="n")
     defaults = SamplingParams()
     sampling = SamplingParams(
         temperature=_number(body, "temperature", defaults.temperature, 0.0, 2.0),
@@ -203,43 +224,47 @@ def _decoding(body: Mapping[str, Any], max_tokens: Any, max_param: str | None,
                                  -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", defaults.frequency_penalty,
                                   -2.0, 2.0),
+        logit_bias=_logit_bias(body.get("logit_bias")),
     )
     stream = _bool(body, "stream", False)
     return Decoding(
-        max_tokens=_max_tokens(max_tokens, param, max_tokens_limit),
+        max_tokens=_max_tokens(max_tokens, param, max_tokens_limit, 0 if allow_zero else 1),
         sampling=sampling,
         stop=_stop(body.get("stop")),
         stream=stream,
         include_usage=stream and _include_usage(body.get("stream_options")),
         response_format=_response_format(body.get("response_format")),
+        n=_integer(body, "n", 1, 1, MAX_N),
     )
 
 
-def _max_tokens(value: Any, param: str, limit: int) -> int | None:
+def _max_tokens(value: Any, param: str, limit: int, minimum: int) -> int | None:
     if value is None:
         return None
     if not _is_int(value):
         raise BadRequest(f"'{param}' must be an integer, got {_kind(value)}", param=param)
-    if value < 1:
-        raise BadRequest(f"'{param}' must be at least 1, got {value}", param=param)
+    if value < minimum:
+        raise BadRequest(f"'{param}' must be at least {minimum}, got {value}", param=param)
     if value > limit:
         raise BadRequest(f"'{param}' is {value}, above this server's limit of {limit}",
                          param=param)
     return int(value)
 
 
-def parse_messages(messages: Any) -> tuple[dict[str, str], ...]:
-    """Chat messages normalised to {"role", "content"[, "name"]} with text content.
+def parse_messages(messages: Any) -> tuple[dict[str, Any], ...]:
+    """Chat messages normalised to {"role", "content"[, "name", "tool_calls",
+    "tool_call_id"]} with text content (None only for an assistant turn that has none).
 
-    The one message parser: the HTTP path and `core.engine.chat_template.render` (direct callers of
-    the engine) both use it, so a message means the same thing wherever it enters.
+    The one message parser: the HTTP path and `core.engine.chat_template.render` (direct
+    callers of the engine) both use it, so a message means the same thing wherever it
+    enters; parsing a parsed message gives it back unchanged.
     """
     if not isinstance(messages, (list, tuple)) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     return tuple(_message(m, i) for i, m in enumerate(messages))
 
 
-def _message(raw: Any, index: int) -> dict[str, str]:
+def _message(raw: Any, index: int) -> dict[str, Any]:
     """One chat message. Text parts are joined with newlines (as vLLM does): parts are
     separate blocks of text, and "a" + "b" must not read as the word "ab"."""
     param = f"messages[{index}]"
@@ -253,15 +278,23 @@ def _message(raw: Any, index: int) -> dict[str, str]:
     if content is None:
         if role != "assistant":
             raise BadRequest(f"{param}.content is required", param=f"{param}.content")
-        content = ""
     elif isinstance(content, list):
         content = _text_parts(content, f"{param}.content")
     elif not isinstance(content, str):
         raise BadRequest(f"{param}.content must be a string or an array of text parts, "
                          f"got {_kind(content)}", param=f"{param}.content")
-    message = {"role": role, "content": content}
+    message: dict[str, Any] = {"role": role, "content": content}
     if isinstance(raw.get("name"), str):
         message["name"] = raw["name"]
+    if role == "assistant" and raw.get("tool_calls"):
+        message["tool_calls"] = tool_specs.parse_tool_calls(raw["tool_calls"],
+                                                            f"{param}.tool_calls")
+    if role == "tool":
+        call_id = raw.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise BadRequest(f"{param}.tool_call_id is required for a tool message",
+                             param=f"{param}.tool_call_id")
+        message["tool_call_id"] = call_id
     return message
 
 
@@ -287,6 +320,30 @@ def _stop(value: Any) -> tuple[str, ...]:
     if len(stops) > MAX_STOP:
         raise BadRequest(f"'stop' allows at most {MAX_STOP} sequences", param="stop")
     return tuple(s for s in stops if s)
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """{"token id": bias in [-100, 100]} as sorted pairs; ids are checked by the engine,
+    which knows the vocabulary."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise BadRequest("'logit_bias' must be an object mapping token ids to numbers",
+                         param="logit_bias")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise BadRequest(f"'logit_bias' allows at most {MAX_LOGIT_BIAS} tokens",
+                         param="logit_bias")
+    pairs = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.strip().isdigit()):
+            raise BadRequest(f"'logit_bias' keys must be token ids, got {key!r}",
+                             param="logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                or not -100 <= bias <= 100:
+            raise BadRequest(f"'logit_bias' values must be numbers from -100 to 100, got "
+                             f"{bias!r} for token {key}", param="logit_bias")
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs))
 
 
 def _include_usage(value: Any) -> bool:
@@ -318,15 +375,11 @@ def _response_format(value: Any) -> ResponseFormat | None:
 
 
 def _refuse_unsupported(body: Mapping[str, Any], *, chat: bool) -> None:
-    if chat and body.get("tools"):
-        raise BadRequest("'tools' (function calling) is not supported", param="tools")
-    if body.get("logprobs") not in (None, False, 0):
-        raise BadRequest("'logprobs' is not supported", param="logprobs")
     if body.get("best_of") not in (None, 1):
         raise BadRequest("only best_of=1 is supported", param="best_of")
 
 
-def _model(body: Mapping[str, Any]) -> str | None:
+def parse_model(body: Mapping[str, Any]) -> str | None:
     model = body.get("model")
     if model is None or model == "":
         return None

@@ -32,17 +32,24 @@ _LAZY = {
     "GenerationRequest": "core.engine.protocol",
     "SamplingParams": "core.engine.protocol",
     "TokenEvent": "core.engine.protocol",
+    "TokenLogprob": "core.engine.protocol",
 }
 
 # Spelled out (not built from _LAZY) so that linters and type checkers see the exports.
 __all__ = ["ModelService", "ModelManager", "build_loader", "describe_tiers", "pull",
            "remove_local", "read_header", "PullResult", "Resolver", "parse_name_tag",
-           "Engine", "GenerationRequest", "SamplingParams", "TokenEvent"]
+           "Engine", "GenerationRequest", "SamplingParams", "TokenEvent", "TokenLogprob"]
 
 if TYPE_CHECKING:
     from core.catalog.references import parse_name_tag
     from core.catalog.resolver import Resolver
-    from core.engine.protocol import Engine, GenerationRequest, SamplingParams, TokenEvent
+    from core.engine.protocol import (
+        Engine,
+        GenerationRequest,
+        SamplingParams,
+        TokenEvent,
+        TokenLogprob,
+    )
     from core.serving.cache_ops import PullResult, pull, read_header, remove_local
     from core.serving.loader_setup import build_loader, describe_tiers
     from core.serving.manager import ModelManager

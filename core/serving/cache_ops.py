@@ -16,6 +16,7 @@ from core.catalog.references import DigestRef, FileRef, ObjectRef, Reference
 from core.catalog.resolver import Resolver
 from core.config import Settings
 from core.errors import BadRequest, ModelNotFound
+from core.serving.load_timings import LoadTimings
 from core.serving.loader_setup import build_loader
 from tiers import remote
 from tiers.base import BlobPlan, find_digests
@@ -33,6 +34,7 @@ class PullResult:
     source: str          # "remote", a tier name that already had it, or "file"
     tiers: tuple[str, ...]
     seconds: float
+    timings: LoadTimings | None = None     # manifest and fetch phases (None: a file)
 
 
 def _close(loader: Loader) -> None:
@@ -46,7 +48,10 @@ def pull(settings: Settings, text: str,
     and revalidates plain URLs (a changed object is fetched again)."""
     resolver = Resolver(settings)
     ref = resolver.parse(text)
-    source = resolver.resolve(ref, refresh=True)
+    timings = LoadTimings(str(ref))
+    timings.take_process_phases()
+    with timings.timed("manifest"):
+        source = resolver.resolve(ref, refresh=True)
     if source.plan is None:
         assert source.path is not None
         return PullResult(str(ref), None, os.path.getsize(source.path), "file", (), 0.0)
@@ -62,8 +67,13 @@ def pull(settings: Settings, text: str,
         with loader.load(source.plan, on_progress=on_progress, targets=targets,
                          revalidate=revalidate) as handle:
             held = tuple(t.name for t in loader.tiers if t.contains(handle.digest))
+            timings.source = handle.source
+            timings.take_process_phases()       # importing s3fs happened in the fetch
+            timings.add_fetch(handle.fetch)
+            timings.log()
+            timings.observe()
             return PullResult(str(ref), handle.digest, handle.size, handle.source, held,
-                              handle.seconds)
+                              handle.seconds, timings)
     finally:
         _close(loader)
 

@@ -26,20 +26,29 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import metrics
-from core.config import Settings
-from core.errors import ModelUnavailable, OutOfMemory, StratoError
-from core.engine.protocol import Engine, ModelInfo
-from core.serving.promotion import Promoter
 from core.catalog.references import DigestRef, Reference, RegistryRef
-from core.serving.residency import (Loaded, Resident, TrackedEngine, footprint, memory_budget,
-                            to_unload)
 from core.catalog.resolver import Resolver, Source
+from core.config import Settings
+from core.engine.protocol import Engine, ModelInfo
+from core.errors import ModelUnavailable, OutOfMemory, StratoError
+from core.serving.load_timings import LoadTimings
 from core.serving.loader_setup import build_loader, describe_tiers
+from core.serving.promotion import Promoter
+from core.serving.residency import (
+    Loaded,
+    Resident,
+    TrackedEngine,
+    footprint,
+    memory_budget,
+    to_unload,
+)
 from tiers.base import find_digests
 from tiers.errors import SourceUnavailable, StorageError
 from tiers.fetch import Progress
+from tiers.gate import EarlyBlob
 from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
+from tiers.timing import boottime, span
 from tiers.vram import oom_attempts
 
 if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
@@ -67,7 +76,8 @@ class _Parked:
 
 
 def _engine_class() -> type[LlamaEngine]:
-    from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
+    with span("import llama_cpp"):
+        from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
     return LlamaEngine
 
@@ -89,6 +99,7 @@ class ModelManager:
         self._progress: dict[str, Progress] = {}
         self._errors: dict[str, str] = {}
         self._parked: dict[str, _Parked] = {}     # by digest, oldest first
+        self.timings: dict[str, LoadTimings] = {}  # the last load of each model
         self._load_lock: asyncio.Lock | None = None
         self._idle: asyncio.Event | None = None
         self._closed = False
@@ -231,11 +242,19 @@ class ModelManager:
             if self._closed:
                 raise ModelUnavailable("the server is shutting down")
             start = time.monotonic()
-            source = await asyncio.to_thread(self._resolve, ref)
+            timings = LoadTimings(key)
+            # llama_cpp (a native library) is imported while the manifest and the
+            # first bytes are on their way, not after them.
+            importing = asyncio.ensure_future(asyncio.to_thread(_engine_class))
+            with timings.timed("manifest"):
+                source = await asyncio.to_thread(self._resolve, ref)
             try:
-                entry = await self._load_source(key, source)
-            except OutOfMemory as exc:
-                entry = await self._load_smaller_variant(key, source, exc)
+                try:
+                    entry = await self._load_source(key, source, timings)
+                except OutOfMemory as exc:
+                    entry = await self._load_smaller_variant(key, source, exc)
+            finally:
+                await asyncio.gather(importing, return_exceptions=True)
             if self._closed:
                 entry.engine.close()
                 if entry.handle is not None:
@@ -243,24 +262,30 @@ class ModelManager:
                 raise ModelUnavailable("the server is shutting down")
             entry.seconds = time.monotonic() - start
             metrics.load_seconds.labels(tier=entry.source).observe(entry.seconds)
+            timings.source = entry.source
+            timings.take_process_phases()
+            timings.log()
+            timings.observe()
+            self.timings[key] = timings
             self._entries[key] = entry
             log.info("serving %s (%d bytes from %s) after %.2fs", key,
                      entry.engine.info.size_bytes, entry.source, entry.seconds)
             return entry
 
-    async def _load_source(self, key: str, source: Source) -> Loaded:
+    async def _load_source(self, key: str, source: Source,
+                           timings: LoadTimings | None = None) -> Loaded:
         """Bytes through the tiers (or a local file in place), room in memory, then the
-        engine with its GPU-layer fallbacks. The tier handle is released on failure."""
-        handle = None
+        engine with its GPU-layer fallbacks. A blob streaming into the RAM tier gets its
+        engine built during the fetch (`_fetch_and_build`). The tier handle is released
+        on failure."""
+        timings = timings or LoadTimings(key)
+        handle, engine, need = None, None, 0
         if source.plan is not None:
             if self._parked and (source.digest is None
                                  or self.loader.locate(source.digest) is None):
                 # A fetch may need tier space that parked models pin: give it all back.
                 await asyncio.to_thread(self._drop_parked)
-            handle = await asyncio.to_thread(
-                self.loader.load, source.plan,
-                on_header=lambda h: self._header(key, h),
-                on_progress=lambda p: self._on_progress(key, p))
+            handle, engine, need = await self._fetch_and_build(key, source, timings)
             path, tier, size = handle.path, handle.source, handle.size
             n_layers = handle.header.block_count or 0
         else:
@@ -268,14 +293,17 @@ class ModelManager:
             path, tier, size = source.path, "file", os.path.getsize(source.path)
             header = await asyncio.to_thread(read_header_file, path)
             n_layers = header.block_count or 0
+        if engine is not None:
+            return Loaded(key, engine, handle, handle.digest, tier, 0.0, need)
         try:
             need = footprint(size, self.settings.ctx, n_layers,
                              in_ram_tier=self._in_ram_tier(handle))
             await self._make_room(key, need)
             parked = self._parked.pop(handle.digest, None) if handle is not None else None
             try:
-                engine = await asyncio.to_thread(self._load_engine, key, path, source,
-                                                 handle, parked)
+                with timings.timed("llama_load"):
+                    engine = await asyncio.to_thread(self._load_engine, key, path, source,
+                                                     handle, parked)
             finally:
                 if parked is not None:
                     await asyncio.to_thread(parked.free)
@@ -285,6 +313,94 @@ class ModelManager:
             raise
         return Loaded(key, engine, handle, handle.digest if handle else None, tier, 0.0,
                       need)
+
+    async def _fetch_and_build(self, key: str, source: Source, timings: LoadTimings
+                               ) -> tuple[ModelHandle, LlamaEngine | None, int]:
+        """The loader's fetch, and beside it the llama.cpp build when the blob streams
+        into the RAM tier: (handle, engine or None, footprint).
+
+        The loader offers the blob once its header is verified (tiers.gate.EarlyBlob);
+        llama.cpp then builds the vocabulary, metadata and tensor table while the tensor
+        bytes stream, and waits at the blob's gate before it reads any of them. When the
+        fetch fails, the gate fails, llama.cpp abandons the build, and the fetch's error
+        is what the caller sees. A tier hit, or a fetch that fails before its header,
+        has no early build: the engine is then loaded by the caller as before.
+        """
+        assert source.plan is not None
+        loop = asyncio.get_running_loop()
+        offered: asyncio.Future[EarlyBlob] = loop.create_future()
+
+        def offer(blob: EarlyBlob) -> None:
+            if offered.done():           # the load went on without it
+                blob.close()
+            else:
+                offered.set_result(blob)
+
+        def on_early(blob: EarlyBlob) -> None:
+            loop.call_soon_threadsafe(offer, blob)
+
+        fetch = asyncio.ensure_future(asyncio.to_thread(
+            self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
+            on_progress=lambda p: self._on_progress(key, p), on_early=on_early))
+        either: list[asyncio.Future[Any]] = [fetch, offered]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not offered.done():
+            offered.cancel()
+            handle = await fetch
+            timings.add_fetch(handle.fetch)
+            return handle, None, 0
+        blob = offered.result()
+        build: asyncio.Future[LlamaEngine] | None = None
+        try:
+            n_layers = (blob.header.block_count if blob.header is not None else
+                        source.manifest.gguf.block_count if source.manifest else 0)
+            need = footprint(blob.size, self.settings.ctx, n_layers or 0, in_ram_tier=True)
+            await self._make_room(key, need)
+            build = asyncio.ensure_future(asyncio.to_thread(
+                self._build_early, key, blob, source, timings))
+            fetched, built = await asyncio.gather(fetch, build, return_exceptions=True)
+        finally:
+            if build is None or build.done():
+                blob.close()
+            else:          # cancelled: close the descriptor only once llama.cpp is done
+                build.add_done_callback(lambda _: blob.close())
+            if build is None:
+                done = (await asyncio.gather(fetch, return_exceptions=True))[0]
+                if isinstance(done, ModelHandle):
+                    done.release()
+        if isinstance(fetched, BaseException):
+            if not isinstance(built, BaseException):
+                await asyncio.to_thread(built.close)
+            raise fetched
+        timings.add_fetch(fetched.fetch)
+        if isinstance(built, BaseException):
+            fetched.release()
+            raise built
+        built.path = fetched.path        # the tier's descriptor: what a later load names
+        return fetched, built, need
+
+    def _build_early(self, key: str, blob: EarlyBlob, source: Source,
+                     timings: LoadTimings) -> LlamaEngine:
+        """Loader-side thread: the engine over a blob still streaming into the RAM tier,
+        held at its gate (the wait is its own phase in the timings)."""
+        start = boottime()
+
+        def hold() -> bool:
+            waited = boottime()
+            try:
+                return blob.gate.wait()
+            finally:
+                timings.add("gate_wait", waited)
+
+        try:
+            return self._load_engine(key, blob.path, source, None, None, hold=hold,
+                                     header=blob.header, size=blob.size)
+        except BaseException:
+            if blob.gate.error is not None:
+                raise blob.gate.error from None
+            raise
+        finally:
+            timings.add("llama_load", start)
 
     async def _load_smaller_variant(self, key: str, source: Source,
                                     exc: OutOfMemory) -> Loaded:
@@ -338,7 +454,9 @@ class ModelManager:
             self.loader.load(source.plan).release()
 
     def _load_engine(self, key: str, path: str, source: Source,
-                     handle: ModelHandle | None, parked: _Parked | None) -> Any:
+                     handle: ModelHandle | None, parked: _Parked | None, *,
+                     hold: Any = None, header: GGUFHeader | None = None,
+                     size: int = 0) -> LlamaEngine:
         """LlamaEngine.load with the planned GPU layers; on a GPU, a load that runs out
         of memory is retried with fewer layers (tiers.vram.oom_attempts) before giving
         up. Any other failure (a corrupt file) is final: fewer layers would not help.
@@ -346,12 +464,15 @@ class ModelManager:
         Failures that are not typed already become ModelUnavailable (503), so a
         model llama.cpp cannot load never turns into a 500.
         """
-        attempts = self._gpu_attempts(source, handle)
+        if handle is not None:
+            header, size = handle.header, handle.size
+        attempts = self._gpu_attempts(source, header, size)
+        held = {"hold": hold} if hold is not None else {}
         for i, n_gpu_layers in enumerate(attempts):
             try:
                 return _engine_class().load(path, name=key, settings=self.settings,
                                             n_gpu_layers=n_gpu_layers,
-                                            parked=parked.model if parked else None)
+                                            parked=parked.model if parked else None, **held)
             except OutOfMemory as exc:
                 if i + 1 == len(attempts):
                     raise
@@ -363,7 +484,8 @@ class ModelManager:
                 raise ModelUnavailable(f"could not load {key}: {exc}") from exc
         raise AssertionError("unreachable: at least one attempt is made")
 
-    def _gpu_attempts(self, source: Source, handle: ModelHandle | None) -> list[int]:
+    def _gpu_attempts(self, source: Source, header: GGUFHeader | None,
+                      size: int) -> list[int]:
         """n_gpu_layers to try in order: the setting, or a placement and its fallbacks."""
         if self.settings.n_gpu_layers is not None:
             return [self.settings.n_gpu_layers]
@@ -372,9 +494,9 @@ class ModelManager:
         if source.manifest is not None:
             layer_bytes = source.manifest.gguf.layer_bytes()
             other = source.manifest.gguf.other_bytes()
-        elif handle is not None:
-            layer_bytes = handle.header.layer_bytes()
-            other = max(0, handle.size - handle.header.data_offset - sum(layer_bytes))
+        elif header is not None:
+            layer_bytes = header.layer_bytes()
+            other = max(0, size - header.data_offset - sum(layer_bytes))
         else:
             return [0]
         first = self.vram.place(layer_bytes, other)

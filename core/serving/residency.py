@@ -135,8 +135,11 @@ class TrackedEngine:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self._engine.tokenize(text, add_bos)
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
-        return self._engine.render_chat(messages)
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._engine.detokenize(tokens)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] = ()) -> str:
+        return self._engine.render_chat(messages, tools)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         self._enter()

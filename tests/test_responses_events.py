@@ -1,0 +1,163 @@
+"""core.openai.responses_api without a model: parsing, the objects, the event sequence
+(checked against OpenAI's published schemas) and the per-instance store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.engine.protocol import TokenEvent
+from core.errors import BadRequest, NotFound
+from core.openai.responses_api import Draft, EventWriter, ResponseStore, parse, response_object
+from tests.openapi_check import EVENT_SCHEMAS, check
+
+LIMIT = 4096
+DONE = TokenEvent(text="", finish_reason="stop", prompt_tokens=9, completion_tokens=2)
+CUT = TokenEvent(text="", finish_reason="length", prompt_tokens=9, completion_tokens=4)
+
+
+def events(raw: bytes) -> list[dict]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            name, data = block.split("\n")
+            body = json.loads(data[len("data: "):])
+            assert name == f"event: {body['type']}"
+            out.append(body)
+    return out
+
+
+def test_string_and_item_inputs_become_chat_messages():
+    req = parse({"input": "Hi", "instructions": "Be brief."}, max_tokens_limit=LIMIT)
+    assert req.messages() == ({"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "Hi"})
+    items = parse({"input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "a"},
+                                     {"type": "input_text", "text": "b"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "c"}]}]}, max_tokens_limit=LIMIT)
+    assert items.messages() == ({"role": "user", "content": "a\nb"},
+                                {"role": "assistant", "content": "c"})
+    history = ({"role": "user", "content": "x"}, {"role": "assistant", "content": "y"})
+    assert items.messages(history)[:2] == history
+
+
+def test_options_map_onto_the_chat_decoding():
+    req = parse({"input": "Hi", "max_output_tokens": 20, "temperature": 0.2, "top_p": 0.5,
+                 "stream": True, "text": {"format": {"type": "json_schema", "name": "x",
+                                                     "schema": {"type": "object"}}}},
+                max_tokens_limit=LIMIT)
+    d = req.decoding
+    assert (d.max_tokens, d.sampling.temperature, d.sampling.top_p, d.stream) == \
+        (20, 0.2, 0.5, True)
+    assert d.response_format is not None and d.response_format.schema == {"type": "object"}
+    assert req.text_format["name"] == "x"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({}, "input"),
+    ({"input": 5}, "input"),
+    ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
+    ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools"),
+    ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ({"input": "x", "metadata": {"a": 1}}, "metadata"),
+    ({"input": "x", "previous_response_id": 3}, "previous_response_id"),
+])
+def test_bad_bodies_name_their_param(body, param):
+    with pytest.raises(BadRequest) as info:
+        parse(body, max_tokens_limit=LIMIT)
+    assert info.value.param == param
+
+
+def test_objects_validate_against_openai_schemas():
+    draft = Draft(parse({"input": "Hi", "metadata": {"k": "v"}}, max_tokens_limit=LIMIT),
+                  "gemma")
+    pending = response_object(draft)
+    check(pending, "Response")
+    assert pending["status"] == "in_progress" and pending["output"] == []
+    done = response_object(draft, "Hello!", DONE)
+    check(done, "Response")
+    assert done["output"][0]["content"][0]["text"] == "Hello!"
+    assert done["usage"]["total_tokens"] == 11 and done["metadata"] == {"k": "v"}
+    cut = response_object(draft, "1, 2", CUT)
+    check(cut, "Response")
+    assert cut["status"] == "incomplete"
+    assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+@pytest.mark.parametrize("last,final", [(DONE, "response.completed"),
+                                        (CUT, "response.incomplete")])
+def test_event_sequence_is_numbered_and_valid(last, final):
+    draft = Draft(parse({"input": "Hi"}, max_tokens_limit=LIMIT), "gemma")
+    writer = EventWriter(draft)
+    raw = writer.opening() + writer.delta('He said "hi"\n') + writer.delta("!")
+    tail, response = writer.closing('He said "hi"\n!', last)
+    seen = events(raw + tail)
+    assert [e["type"] for e in seen] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added", "response.output_text.delta",
+        "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", final]
+    assert [e["sequence_number"] for e in seen] == list(range(len(seen)))
+    for event in seen:
+        check(event, EVENT_SCHEMAS[event["type"]])
+    assert seen[4]["delta"] == 'He said "hi"\n' and seen[-1]["response"] == response
+    error = events(writer.error({"error": {"code": "x", "message": "boom", "param": None}}))
+    check(error[0], "ResponseErrorEvent")
+    assert error[0]["sequence_number"] == len(seen)
+
+
+def test_store_is_bounded_and_chains_turns():
+    store = ResponseStore(capacity=2)
+    req = parse({"input": "one"}, max_tokens_limit=LIMIT)
+    for n in range(3):
+        store.put(req, {"id": f"r{n}"}, f"answer {n}", ())
+    with pytest.raises(NotFound):
+        store.get("r0")  # the oldest went first
+    assert store.history("r2") == ({"role": "user", "content": "one"},
+                                   {"role": "assistant", "content": "answer 2"})
+    with pytest.raises(NotFound) as info:
+        store.history("nope")
+    assert info.value.param == "previous_response_id"
+    unstored = parse({"input": "x", "store": False}, max_tokens_limit=LIMIT)
+    store.put(unstored, {"id": "r9"}, "y", ())
+    with pytest.raises(NotFound):
+        store.get("r9")
+    store.delete("r2")
+    with pytest.raises(NotFound):
+        store.delete("r2")
+
+
+def test_logprobs_are_asked_for_with_include():
+    assert parse({"input": "x"}, max_tokens_limit=LIMIT).decoding.logprobs is None
+    asked = parse({"input": "x", "include": ["message.output_text.logprobs"],
+                   "top_logprobs": 2}, max_tokens_limit=LIMIT)
+    assert asked.decoding.logprobs == 2
+    for bad, param in (({"include": "x"}, "include"),
+                       ({"include": ["message.output_text.logprobs"], "top_logprobs": 21},
+                        "top_logprobs")):
+        with pytest.raises(BadRequest) as info:
+            parse({"input": "x", **bad}, max_tokens_limit=LIMIT)
+        assert info.value.param == param
+
+
+def test_logprobs_in_deltas_and_the_final_text_part():
+    from core.engine.protocol import TokenLogprob
+
+    hi = TokenLogprob("Hi", b"Hi", -0.1, (TokenLogprob("Hi", b"Hi", -0.1),))
+    draft = Draft(parse({"input": "x", "include": ["message.output_text.logprobs"]},
+                        max_tokens_limit=LIMIT), "gemma")
+    writer = EventWriter(draft)
+    writer.opening()
+    [delta] = events(writer.delta("Hi", [hi]))
+    check(delta, "ResponseTextDeltaEvent")
+    assert delta["logprobs"][0]["token"] == "Hi"
+    tail, final = writer.closing("Hi", DONE, [hi])
+    check(final, "Response")
+    assert final["output"][0]["content"][0]["logprobs"] == [
+        {"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
+         "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}]
+    for event in events(tail):
+        check(event, EVENT_SCHEMAS[event["type"]])
