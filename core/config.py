@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.errors import BadRequest
+from core.errors import ConfigError
 from tiers.tier_config import parse_size
 
 
@@ -33,10 +33,12 @@ class Settings:
     max_body: int = 4 << 20                  # STRATO_MAX_BODY: request bytes (413 past it)
     max_tokens_limit: int = 32768            # STRATO_MAX_TOKENS_LIMIT: absurd above this
     load_timeout: float = 600.0              # STRATO_LOAD_TIMEOUT: wait for a load, else 503
+    shutdown_grace: float = 25.0             # STRATO_SHUTDOWN_GRACE: SIGTERM drain, seconds
     api_key: str | None = None               # STRATO_API_KEY: bearer key, optional
     registry: str | None = None              # STRATO_REGISTRY: fsspec root of manifests/blobs
     tiers: str = ""                          # STRATO_TIERS: "" = default_tiers()
-    allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = all schemes
+    allowed_sources: tuple[str, ...] = ()    # STRATO_ALLOWED_SOURCES: () = no URL/path
+    trusted_keys: tuple[str, ...] = ()       # STRATO_TRUSTED_KEYS: Ed25519 keys, base64
     streams: int = 16                        # STRATO_STREAMS: concurrent ranged reads
     chunk: int = 8 << 20                     # STRATO_CHUNK: bytes per ranged read / chunk
     promote_per_hour: float = 5.0            # STRATO_PROMOTE_PER_HOUR
@@ -78,7 +80,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "MAX_QUEUE": "max_queue", "STREAMS": "streams", "GPU_LAYERS": "n_gpu_layers",
             "MAX_TOKENS_LIMIT": "max_tokens_limit"}
     sizes = {"MAX_BODY": "max_body", "CHUNK": "chunk"}
-    floats = {"LOAD_TIMEOUT": "load_timeout", "PROMOTE_PER_HOUR": "promote_per_hour",
+    floats = {"LOAD_TIMEOUT": "load_timeout", "SHUTDOWN_GRACE": "shutdown_grace",
+              "PROMOTE_PER_HOUR": "promote_per_hour",
               "PREFETCH_THRESHOLD": "prefetch_threshold", "INIT_BUDGET": "init_budget"}
     strings = {"MODEL": "model", "HOST": "host", "API_KEY": "api_key",
                "REGISTRY": "registry", "TIERS": "tiers", "LOG_LEVEL": "log_level"}
@@ -87,37 +90,39 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             try:
                 kwargs[attr] = int(v)
             except ValueError:
-                raise BadRequest(f"STRATO_{name} must be an integer, got {v!r}") from None
+                raise ConfigError(f"STRATO_{name} must be an integer, got {v!r}") from None
     for name, attr in sizes.items():
         if (v := _env(env, name)) is not None:
             try:
                 kwargs[attr] = parse_size(v)
-            except ValueError as exc:
-                raise BadRequest(f"STRATO_{name}: {exc}") from None
+            except ValueError as exc:          # tiers.tier_config.TierSpecError
+                raise ConfigError(f"STRATO_{name}: {exc}") from None
     for name, attr in floats.items():
         if (v := _env(env, name)) is not None:
             try:
                 kwargs[attr] = float(v)
             except ValueError:
-                raise BadRequest(f"STRATO_{name} must be a number, got {v!r}") from None
+                raise ConfigError(f"STRATO_{name} must be a number, got {v!r}") from None
     for name, attr in strings.items():
         if (v := _env(env, name)) is not None:
             kwargs[attr] = v
     if (v := _env(env, "REPACK")) is not None:
         if v.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
-            raise BadRequest(f"STRATO_REPACK must be 1 or 0, got {v!r}")
+            raise ConfigError(f"STRATO_REPACK must be 1 or 0, got {v!r}")
         kwargs["repack"] = v.strip().lower() in ("1", "true", "on")
-    if (v := _env(env, "ALLOWED_SOURCES")) is not None:
-        kwargs["allowed_sources"] = tuple(p.strip() for p in v.split(",") if p.strip())
+    for name, attr in (("ALLOWED_SOURCES", "allowed_sources"),
+                       ("TRUSTED_KEYS", "trusted_keys")):
+        if (v := _env(env, name)) is not None:
+            kwargs[attr] = tuple(p.strip() for p in v.split(",") if p.strip())
     return validate(Settings(**kwargs))
 
 
 def validate(settings: Settings) -> Settings:
     if not 0 < settings.port < 65536:
-        raise BadRequest(f"port out of range: {settings.port}")
+        raise ConfigError(f"port out of range: {settings.port}")
     if settings.init_budget < 0:
-        raise BadRequest(f"init_budget must be 0 (off) or positive, got {settings.init_budget}")
+        raise ConfigError(f"init_budget must be 0 (off) or positive, got {settings.init_budget}")
     for attr in ("ctx", "parallel", "max_queue", "streams", "chunk", "max_body"):
         if getattr(settings, attr) <= 0:
-            raise BadRequest(f"{attr} must be positive, got {getattr(settings, attr)}")
+            raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")
     return settings

@@ -41,6 +41,13 @@ class ContextOverflow(BadRequest):
     code = "context_length_exceeded"
 
 
+class ConfigError(StratoError):
+    """A setting (STRATO_*, a CLI flag) the server cannot run with: the operator's
+    error, reported once as one line naming the variable (the CLI exits 2)."""
+
+    code = "invalid_configuration"
+
+
 class Unauthorized(StratoError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
@@ -63,6 +70,15 @@ class QueueFull(StratoError):
     status, type, code = 429, "rate_limit_error", "queue_full"
 
 
+class InvalidManifest(StratoError):
+    """A manifest in the registry that does not parse, fails the schema, contradicts
+    itself, or whose signature does not verify (or is missing, or by a key outside
+    STRATO_TRUSTED_KEYS). The registry is the operator's store, not the caller's
+    request: a 502, like a proxy whose upstream answered garbage."""
+
+    status, type, code = 502, "server_error", "invalid_manifest"
+
+
 class ModelUnavailable(StratoError):
     """Loading, failed to load, or no model configured: try again later."""
 
@@ -80,6 +96,7 @@ class OutOfMemory(ModelUnavailable):
 
 _STORAGE_STATUS: dict[type[storage.StorageError], tuple[int, str]] = {
     storage.ObjectNotFound: (404, "model_not_found"),
+    storage.AddressRefused: (400, "invalid_model_reference"),
     storage.SourceUnavailable: (503, "source_unavailable"),
     storage.IntegrityError: (503, "integrity_error"),
     storage.CorruptModel: (503, "corrupt_model"),

@@ -18,8 +18,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
-from core.errors import PayloadTooLarge, Unauthorized
+from core.errors import ModelUnavailable, PayloadTooLarge, Unauthorized
 from core.openai import responses, schemas
+from handlers.drain import Drain
 
 T = TypeVar("T")
 
@@ -115,9 +116,11 @@ class Gate:
     label is the matched route's template, never the raw path, so labels stay bounded.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, drain: Drain | None = None
+                 ) -> None:
         self.app = app
         self.key = f"Bearer {api_key}".encode() if api_key else None
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,7 +134,15 @@ class Gate:
                 status = message["status"]
             await send(message)
 
+        self.drain.enter()
         try:
+            if self.drain.draining and scope["path"] != "/health":
+                # Shutting down (handlers.drain): in-flight requests finish, new ones go
+                # elsewhere. /health stays 200: draining is not dead.
+                await error_response(ModelUnavailable(
+                    "this instance is shutting down; retry on another", retry_after=2,
+                    code="shutting_down"))(scope, receive, counting_send)
+                return
             if self.key is not None and scope["path"] not in OPEN_PATHS \
                     and not self._authorized(scope):
                 await error_response(Unauthorized("missing or invalid API key; send "
@@ -140,6 +151,7 @@ class Gate:
                 return
             await self.app(scope, receive, counting_send)
         finally:
+            self.drain.leave()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             metrics.requests_total.labels(route=label, status=str(status)).inc()

@@ -139,6 +139,10 @@ if MODE is Mode.SNAPSTART:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway REST (v1), HTTP API (v2), Function URL and ALB events."""
     response = _asgi(event, context)
+    # Nothing runs between invokes on on-demand Lambda (the sandbox is frozen): a tier
+    # copy this invoke's load started (the EFS copy the next instance reads) is
+    # finished before the invoke ends. No copy pending: no wait.
+    asyncio.get_event_loop().run_until_complete(service.finish_copies())
     # One access line per invocation; Logger adds function_request_id to it.
     logger.info("request", extra={
         "path": event.get("rawPath") or event.get("path"),

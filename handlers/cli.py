@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from core.config import Settings, from_env, validate
-from core.errors import BadRequest, StratoError
+from core.errors import BadRequest, ConfigError, StratoError
 from handlers.cli_format import human_size, local_models, table
 from handlers.cli_registry import (
     _cache_flags,
@@ -255,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mark("settings", process_start() or boottime())
         code: int = args.func(args, settings)
         return code
+    except ConfigError as exc:      # the settings, not the command: argparse's exit code
+        print(f"strato {args.command}: configuration: {exc}", file=sys.stderr)
+        return 2
     except (StratoError, StorageError) as exc:
         print(f"strato {args.command}: {exc}", file=sys.stderr)
         return 1

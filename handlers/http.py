@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from starlette.routing import Route
 
 from core import metrics
 from core.config import Settings, from_env
-from core.errors import BadRequest, ContextOverflow, ModelUnavailable, StratoError
+from core.errors import BadRequest, ConfigError, ContextOverflow, ModelUnavailable, StratoError
 from core.openai import responses, responses_api, schemas, tokenize, tools
 from core.openai.tool_output import OutputParser, collect, prompt_opens_think
 from core.serving import Engine, GenerationRequest, ModelService, TokenEvent, TokenLogprob
@@ -39,6 +40,7 @@ from handlers.asgi import (
     read_json,
     unless_disconnected,
 )
+from handlers.drain import Drain, on_sigterm
 from tiers.errors import StorageError
 
 log = logging.getLogger("strato.http")
@@ -429,7 +431,8 @@ def create_app(settings: Settings, service: ModelService, *,
         HTTPException: _on_error, Exception: _on_error,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    app.add_middleware(Gate, api_key=settings.api_key)
+    app.state.drain = Drain()
+    app.add_middleware(Gate, api_key=settings.api_key, drain=app.state.drain)
     app.state.settings = settings
     app.state.service = service
     return app
@@ -446,7 +449,8 @@ def serve_app(settings: Settings, service: ModelService) -> Starlette:
     """create_app plus a lifespan for a long-running server (uvicorn).
 
     Start-up only *starts* loading the default model, so /health answers at once and
-    /ready flips when the model is in; shutdown closes the service and its engines.
+    /ready flips when the model is in; SIGTERM drains (handlers.drain); shutdown closes
+    the service (engines, tier copies, policy history).
     """
 
     @contextlib.asynccontextmanager
@@ -454,9 +458,11 @@ def serve_app(settings: Settings, service: ModelService) -> Starlette:
         log.info("strato settings: %s", settings.public())
         if service.default_model is not None:
             await service.prefetch(service.default_model)
+        uninstall = on_sigterm(app.state.drain, settings.shutdown_grace)
         try:
             yield
         finally:
+            uninstall()
             await service.close()
 
     return create_app(settings, service, lifespan=lifespan)
@@ -471,6 +477,10 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(name)
     if _app is None:
-        settings = from_env()
-        _app = serve_app(settings, build_service(settings))
+        try:
+            settings = from_env()
+            _app = serve_app(settings, build_service(settings))
+        except ConfigError as exc:   # one line, not uvicorn's import traceback
+            print(f"strato: configuration: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     return _app

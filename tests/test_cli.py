@@ -61,10 +61,17 @@ def test_flags_override_their_environment_twins() -> None:
     assert (env_only.model, env_only.threads, env_only.port) == ("x:1", 3, 8080)
 
 
-def test_bad_settings_exit_with_one_line() -> None:
+def test_bad_settings_exit_2_with_one_line() -> None:
     out = strato("serve", "--port", "70000")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "port" in out.stderr
+    for name, value in (("STRATO_CHUNK", "1.2.3k"), ("STRATO_MAX_BODY", "lots"),
+                        ("STRATO_PORT", "eighty"), ("STRATO_TIERS", "ram:1.2.3k"),
+                        ("STRATO_SHUTDOWN_GRACE", "soon")):
+        out = strato("list", env={name: value})
+        assert out.returncode == 2, (name, out.stderr)
+        assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0
+        assert name.removeprefix("STRATO_") in out.stderr and "configuration" in out.stderr
 
 
 def test_inspect_agrees_with_the_gguf_package(gemma_path: Path) -> None:

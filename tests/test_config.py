@@ -1,12 +1,13 @@
 """Settings from STRATO_* variables: every kind of field, the one size parser, and a
-clear BadRequest that names the variable for every bad value."""
+clear ConfigError that names the variable for every bad value (the operator's error:
+the CLI prints one line and exits 2)."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.config import Settings, from_env, validate
-from core.errors import BadRequest
+from core.errors import ConfigError
 from tiers.tier_config import TierSpecError, parse_size
 
 
@@ -38,16 +39,16 @@ def test_every_kind_of_field_is_read() -> None:
     ("PORT", "70000", "port out of range"),
     ("CTX", "0", "ctx must be positive"),
 ])
-def test_bad_values_are_bad_requests_naming_the_variable(name: str, value: str,
-                                                         words: str) -> None:
-    with pytest.raises(BadRequest, match=words) as info:
+def test_bad_values_are_config_errors_naming_the_variable(name: str, value: str,
+                                                           words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as info:
         from_env({f"STRATO_{name}": value})
-    assert info.value.status == 400
+    assert info.value.code == "invalid_configuration"
 
 
 def test_validate_checks_settings_built_in_code_too() -> None:
     assert validate(Settings(parallel=2)).parallel == 2
-    with pytest.raises(BadRequest, match="parallel must be positive"):
+    with pytest.raises(ConfigError, match="parallel must be positive"):
         validate(Settings(parallel=0))
 
 

@@ -25,9 +25,10 @@ from tests.services import HttpRoot
 MODEL = "gemma3:270m"
 
 
-def _settings(registry: str, tiers: str) -> Settings:
+def _settings(registry: str, tiers: str, allowed: tuple[str, ...] = ()) -> Settings:
     return Settings(registry=registry, tiers=tiers, ctx=512, parallel=2, threads=2,
-                    max_queue=4, api_key=API_KEY, load_timeout=300)
+                    max_queue=4, api_key=API_KEY, load_timeout=300,
+                    allowed_sources=allowed)
 
 
 def _sha256(path: Path) -> str:
@@ -56,8 +57,9 @@ def _pull_and_check(capsys, registry: str, tmp_path: Path, gemma_path: Path) -> 
     assert f"from disk:{tier}" in again          # second pull: a tier hit, no download
 
 
-def _chat_from_cold_cache(registry: str, tmp_path: Path, model: str = MODEL) -> None:
-    settings = _settings(registry, f"ram:1GiB,disk:{tmp_path / 'cold'}:1GiB")
+def _chat_from_cold_cache(registry: str, tmp_path: Path, model: str = MODEL,
+                          allowed: tuple[str, ...] = ()) -> None:
+    settings = _settings(registry, f"ram:1GiB,disk:{tmp_path / 'cold'}:1GiB", allowed)
     server = Server(settings, ModelManager(settings))
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
@@ -108,7 +110,10 @@ def test_http_registry_and_plain_object(http_root: HttpRoot, capsys, tmp_path, g
     _chat_from_cold_cache(registry, tmp_path)
     # A plain GGUF URL (no manifest): hashed while it streams, then served.
     (http_root.directory / "gemma.gguf").symlink_to(gemma_path)
-    _chat_from_cold_cache(registry, tmp_path / "plain", f"{http_root.url}/gemma.gguf")
+    # A caller names a URL only where STRATO_ALLOWED_SOURCES lists it; a loopback host
+    # only when the entry names that host.
+    _chat_from_cold_cache(registry, tmp_path / "plain", f"{http_root.url}/gemma.gguf",
+                          allowed=(f"{http_root.url}/",))
 
 
 def test_registry_from_the_environment_alone(monkeypatch, s3_bucket, capsys, tmp_path, gemma_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -126,8 +127,7 @@ def test_bad_or_missing_key(server: Server, model: str) -> None:
 def test_unknown_model(server: Server, model: str) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="/nonexistent/missing.gguf",
-                                       messages=CHAT["messages"])
+        client.chat.completions.create(model="nobody:1", messages=CHAT["messages"])
     assert info.value.code == "model_not_found"
     still_serving(server, model)
 
@@ -258,8 +258,10 @@ def test_model_that_fails_to_load_is_503(broken_server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def impatient_server(gemma_path: Path) -> Iterator[Server]:
-    """Waits at most 1 ms for a model load, so any request for a cold model is a 503."""
-    settings = settings_for(gemma_path, api_key=None, load_timeout=0.001, ctx=512)
+    """Waits at most 1 ms for a model load, so any request for a cold model is a 503.
+    Requests may name files under the temporary directory (STRATO_ALLOWED_SOURCES)."""
+    settings = settings_for(gemma_path, api_key=None, load_timeout=0.001, ctx=512,
+                            allowed_sources=(str(Path(tempfile.gettempdir()).resolve()),))
     srv = Server(settings, make_service(settings))
     try:
         yield srv

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             engine = await first.engine("gemma3:270m")
             assert engine.info.name == "gemma3:270m"
             assert await first_tokens(engine)
-            await asyncio.to_thread(first.loader.flush)   # the disk copy lands behind RAM
+            await first.finish_copies()      # the disk copy runs behind RAM: wait for it
             report = first.cache_report()
             (loaded,) = report["loaded"]
             assert loaded["source"] == "remote" and loaded["tier"] == "ram"
@@ -100,7 +101,7 @@ def test_cold_load_then_tier_hits_across_processes(tmp_path, pushed, gemma_path)
             assert 'strato_load_seconds_count{tier="remote"}' in text
             assert f'strato_tier_bytes_total{{tier="disk:{tmp_path / "disk"}"}}' in text
         finally:
-            await first.close()
+            await first.close()              # finishes the tier copies (ModelManager.close)
         # A new process on the same disk directory: a disk hit, the blobs are not read
         # (they are moved away; the manifests stay).
         blobs, away = pushed / "blobs", pushed.with_name("blobs-away")
@@ -143,7 +144,7 @@ def test_bad_references_and_unknown_models_leave_the_server_serving(tmp_path, pu
             assert status_of(info.value)[0] == 404 and "gemma3:9000b" in str(info.value)
             with pytest.raises(InvalidReference):
                 await manager.engine("../../etc/passwd")
-            with pytest.raises(ModelNotFound):
+            with pytest.raises(InvalidReference):     # paths are not the caller's to name
                 await manager.engine(str(tmp_path / "missing.gguf"))
             assert "gemma3:9000b" in manager.cache_report()["errors"]
             assert await first_tokens(await manager.engine("gemma3:270m"))
@@ -246,6 +247,52 @@ def test_a_model_in_use_is_not_unloaded(tmp_path, pushed):
     asyncio.run(main())
 
 
+def test_a_model_being_unloaded_is_never_handed_out(tmp_path, pushed):
+    """While _make_room unloads A in a worker thread, a request for A must not be handed
+    A's engine (it was, while the unload waited for a worker, and then answered 400
+    "model is closed"); it waits for a new load of A instead.
+
+    The unload is made to wait for a worker the way a busy server makes it wait: the
+    loop's executor is one thread, held by a gate until the request for A was made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), tiers="ram:1GiB"),
+                               budget=1)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        real_make_room = manager._make_room
+        probes: list[asyncio.Task] = []
+
+        async def make_room(key, need):
+            if key != "other:v1" or probes:          # only the swap to B is observed
+                return await real_make_room(key, need)
+            gate = threading.Event()
+            held = loop.run_in_executor(None, gate.wait)     # the only worker, busy
+            room = asyncio.ensure_future(real_make_room(key, need))
+            await asyncio.sleep(0)       # make_room runs up to its unload, which waits
+            probes.append(asyncio.ensure_future(manager.engine("gemma3:270m")))
+            await asyncio.sleep(0)       # one step: an engine handed out is done now
+            gate.set()
+            await held
+            await room
+
+        manager._make_room = make_room
+        try:
+            a = await manager.engine("gemma3:270m")
+            doomed = a._entry.engine
+            b = await manager.engine("other:v1")     # no room for two: A is unloaded
+            assert b.info.name == "other:v1"
+            (probe,) = probes
+            assert not probe.done() or probe.result()._entry.engine is not doomed
+            again = await probe                      # A again, from a new load
+            assert again._entry.engine is not doomed and await first_tokens(again)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
 def test_load_timeout_answers_503_while_the_load_goes_on(tmp_path, pushed):
     async def main():
         manager = ModelManager(settings(tmp_path, registry=str(pushed), load_timeout=0.001))
@@ -313,8 +360,8 @@ def test_a_hot_model_is_promoted_from_disk_to_ram(tmp_path, pushed):
         try:
             digest = (await first.engine("gemma3:270m"))._entry.digest
         finally:
-            await asyncio.to_thread(first.loader.flush)  # as a process exits: disk copy done
-            await first.close()
+            await first.close()         # returns once the disk copy is committed
+        assert first.loader.tiers[1].contains(digest)
         second = ModelManager(s)        # a new process: RAM empty, the disk tier has it
         try:
             await second.engine("gemma3:270m")
@@ -377,10 +424,10 @@ def test_registry_down_serves_the_copy_already_in_a_disk_tier(tmp_path, pushed, 
             await cold.close()
         first = ModelManager(up)
         try:
-            await first.engine("gemma3:270m")
+            digest = (await first.engine("gemma3:270m"))._entry.digest
         finally:
-            await asyncio.to_thread(first.loader.flush)  # as a process exits: disk copy done
-            await first.close()
+            await first.close()                       # returns once the disk copy is in
+        assert first.loader.tiers[1].contains(digest)
         second = ModelManager(dead)                   # new process, registry unreachable
         try:
             assert await first_tokens(await second.engine("gemma3:270m"))

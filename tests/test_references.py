@@ -10,8 +10,10 @@ from core.catalog.references import (
     FileRef,
     ObjectRef,
     RegistryRef,
+    RequestPolicy,
     parse,
     parse_name_tag,
+    parse_request,
 )
 from core.errors import InvalidReference, status_of
 
@@ -124,16 +126,46 @@ def test_no_io_happens_for_a_refused_or_accepted_path(tmp_path):
      ["s3://b/k.gguf"]),
 ])
 def test_allowed_sources(allowed, ok, refused):
+    policy = RequestPolicy(allowed)
     for text in ok:
-        parse(text, allowed)
+        parse_request(text, policy)
     for text in refused:
         with pytest.raises(InvalidReference, match="not allowed"):
-            parse(text, allowed)
+            parse_request(text, policy)
+
+
+def test_a_caller_names_no_url_or_path_unless_listed():
+    # Empty STRATO_ALLOWED_SOURCES: none (it used to mean every scheme).
+    for text in ["s3://b/k.gguf", "https://h/x.gguf", "/etc/shadow", "file:///etc/hostname",
+                 "./m.gguf"]:
+        with pytest.raises(InvalidReference, match="not allowed"):
+            parse_request(text, RequestPolicy())
+        assert parse(text)      # the operator's own settings are not limited
+
+
+def test_the_default_model_is_always_allowed():
+    policy = RequestPolicy((), default_key=str(parse("/srv/m.gguf")))
+    assert parse_request("/srv/m.gguf", policy) == FileRef("/srv/m.gguf")
+    assert parse_request("file:///srv/m.gguf", policy) == FileRef("/srv/m.gguf")
+    with pytest.raises(InvalidReference):
+        parse_request("/srv/other.gguf", policy)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.1", "2130706433",
+                                  "0x7f000001", "[::1]", "[::ffff:a9fe:a9fe]", "10.0.0.1",
+                                  "169.254.169.254", "[fe80::1]", "app.localhost"])
+def test_private_literals_need_their_host_listed(host):
+    url = f"http://{host}:9000/m.gguf"
+    with pytest.raises(InvalidReference, match="private address"):
+        parse_request(url, RequestPolicy(("http",)))
+    assert parse_request(url, RequestPolicy((f"http://{host}:9000/",)))
 
 
 def test_registry_references_are_not_subject_to_the_source_list():
     # Their root is STRATO_REGISTRY, chosen by the operator, not by the caller.
-    assert parse("gemma3:270m", ("s3://models",)) == RegistryRef("gemma3", "270m")
+    assert parse_request("gemma3:270m", RequestPolicy(("s3://models",))) == \
+        RegistryRef("gemma3", "270m")
+    assert parse_request(f"g@blake3:{HEX}", RequestPolicy()) == DigestRef("g", HEX)
 
 
 def test_parse_name_tag_only_accepts_registry_names():

@@ -158,7 +158,9 @@ def test_corrupt_manifest_is_refused_with_its_url(registry, tiny):
     open(path, "w").write(json.dumps(doc))
     with pytest.raises(Exception) as info:
         registry.manifest(RegistryRef("tiny", "v1"))
-    assert "manifests/tiny/v1.json" in str(info.value) and status_of(info.value)[0] == 400
+    # The registry's fault, not the caller's: a 5xx (it was a 400 invalid_request_error).
+    assert "manifests/tiny/v1.json" in str(info.value)
+    assert status_of(info.value)[:2] == (502, "server_error")
 
 
 @pytest.mark.parametrize("fixture", ["s3_bucket", "gcs_bucket", "az_container"])
@@ -291,3 +293,106 @@ def test_variants_are_listed_largest_first_pinned_by_digest_and_refused_when_wro
     with pytest.raises(BadRequest, match="not smaller"):
         registry.add_variant(RegistryRef("m", "l2"), four)
     assert registry.manifest(base) == m               # refusals wrote nothing
+
+
+def test_a_corrupt_manifest_is_a_5xx_for_the_request_that_names_it(tmp_path, tiny):
+    import asyncio
+
+    from core.config import Settings
+    from core.serving.manager import ModelManager
+
+    registry = Registry(str(tmp_path / "reg"), chunk_size=CHUNK)
+    registry.push(str(tiny), parse_name_tag("tiny:v1"))
+    path = os.path.join(registry.root, "manifests/tiny/v1.json")
+    open(path, "w").write(open(path).read().replace('"size"', '"sise"'))
+
+    async def main():
+        manager = ModelManager(Settings(registry=registry.root,
+                                        tiers=f"ram:64MiB,disk:{tmp_path / 'd'}:64MiB"))
+        try:
+            with pytest.raises(Exception) as info:
+                await manager.engine("tiny:v1")
+            return info.value
+        finally:
+            await manager.close()
+
+    assert status_of(asyncio.run(main()))[0] == 502
+
+
+def test_trusted_keys_refuse_unsigned_and_foreign_manifests(tmp_path, tiny):
+    from core.catalog import signing
+    from core.catalog.resolver import Resolver
+    from core.config import from_env
+    from core.errors import InvalidManifest
+
+    private, public = signing.generate_key()
+    _, other = signing.generate_key()
+    open_registry = Registry(str(tmp_path / "reg"), chunk_size=CHUNK)
+    signed = open_registry.push(str(tiny), parse_name_tag("tiny:signed"),
+                                sign_key=private).manifest
+    open_registry.push(str(tiny), parse_name_tag("tiny:plain"))
+    # Without trusted keys both are served (only a broken signature is refused).
+    assert open_registry.manifest(RegistryRef("tiny", "plain"))
+    settings = from_env({"STRATO_REGISTRY": open_registry.root,
+                         "STRATO_TRUSTED_KEYS": f" {public} ,"})
+    strict = Resolver(settings).registry
+    assert strict.trusted_keys == (public,)
+    assert strict.manifest(RegistryRef("tiny", "signed")) == signed
+    with pytest.raises(InvalidManifest, match="not signed") as info:
+        strict.manifest(RegistryRef("tiny", "plain"))
+    assert status_of(info.value)[0] == 502
+    # By digest: the signed manifest of those bytes is found, the unsigned one skipped.
+    assert strict.by_digest(DigestRef("tiny", signed.hex)) == signed
+    foreign = Registry(open_registry.root, chunk_size=CHUNK, trusted_keys=(other,))
+    with pytest.raises(InvalidManifest, match="untrusted"):
+        foreign.manifest(RegistryRef("tiny", "signed"))
+    with pytest.raises(InvalidManifest):
+        foreign.by_digest(DigestRef("tiny", signed.hex))
+    # A bare blob has no manifest to carry a signature: refused once keys are set.
+    open_registry.remove(RegistryRef("tiny", "plain"))
+    open_registry.remove(RegistryRef("tiny", "signed"))     # the blob goes with it
+    blob = os.path.join(open_registry.root, signed.blob_key)
+    os.makedirs(os.path.dirname(blob), exist_ok=True)
+    with open(blob, "wb") as f:
+        f.write(tiny.read_bytes())
+    with pytest.raises(InvalidManifest, match="STRATO_TRUSTED_KEYS"):
+        Resolver(settings).resolve(DigestRef("tiny", signed.hex))
+
+
+def test_a_bad_signing_key_is_a_usage_error(tmp_path, tiny, capsys):
+    from core.catalog import signing
+    from handlers import cli
+
+    key = tmp_path / "key"
+    key.write_text("not a key")
+    assert cli.main(["push", str(tiny), "tiny:x", "--registry", str(tmp_path / "r"),
+                     "--sign-key", str(key)]) == 1
+    assert "not an Ed25519 private key" in capsys.readouterr().err
+    with pytest.raises(Exception) as info:
+        signing.sign(Registry(str(tmp_path / "r2")).push(
+            str(tiny), parse_name_tag("tiny:y")).manifest, "bad")
+    assert status_of(info.value)[0] == 400
+
+
+def test_pull_of_a_plain_url_revalidates_size_and_etag(tmp_path, http_root, capsys,
+                                                       monkeypatch):
+    """`strato pull URL` again after the object changed fetches the new bytes (it used
+    to keep the stale copy silently)."""
+    from handlers import cli
+
+    monkeypatch.setenv("STRATO_TIERS", f"disk:{tmp_path / 'tier'}:1GiB")
+    monkeypatch.setenv("STRATO_PORT", "9")
+    served = http_root.directory / "m.gguf"
+    url = f"{http_root.url}/m.gguf"
+
+    def pull() -> str:
+        assert cli.main(["pull", url]) == 0
+        return capsys.readouterr().out
+
+    write_tiny_gguf(served, n_layers=2)
+    first = blake3.blake3(served.read_bytes()).hexdigest()
+    assert first in pull()
+    assert first in pull()                      # unchanged: the cached copy, same digest
+    write_tiny_gguf(served, n_layers=3)         # the object changes (size and ETag)
+    second = blake3.blake3(served.read_bytes()).hexdigest()
+    assert second != first and second in pull()

@@ -70,8 +70,9 @@ def test_files_and_objects(world, tmp_path: Path) -> None:
     assert remote.plan is not None and remote.plan.url == "s3://bucket/dir/model.gguf"
     assert remote.plan.digest is None and remote.plan.chunk_size == CHUNK
     assert remote.name == "model"
-    with pytest.raises(InvalidReference):
-        resolver.parse("https://example.com/model.gguf")             # not an allowed source
+    with pytest.raises(InvalidReference):                            # a caller's: not listed
+        resolver.parse_request("https://example.com/model.gguf")
+    assert resolver.parse("https://example.com/model.gguf")          # the operator's: any
 
 
 def test_unknown_names_are_404s_and_only_the_default_registry_implies_a_model(world) -> None:

@@ -35,6 +35,27 @@ def test_load_json_refuses_malformed_and_non_objects():
     assert "got array" in refused(load_json, b"[1, 2]").message
 
 
+@pytest.mark.parametrize("raw, says", [
+    (b'{"temperature": NaN}', "NaN"), (b'{"t": Infinity}', "Infinity"),
+    (b'{"t": -Infinity}', "-Infinity"), (b'{"t": 1e999}', "1e999"),
+    (b'{"t": [' + b"9" * 5000 + b"]}", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested"),
+    (b'{"a": ' * 65 + b"1" + b"}" * 65, "nested"),
+])
+def test_load_json_refuses_non_finite_numbers_and_deep_nesting(raw, says):
+    assert says in refused(load_json, raw).message
+
+
+def test_load_json_accepts_nesting_up_to_the_limit():
+    assert load_json(b'{"a": ' * 63 + b"[1.5]" + b"}" * 63)
+
+
+def test_a_non_finite_number_is_named_not_called_a_number():
+    # Direct callers of the parser (not through load_json) still get a clear message.
+    message = refused(chat, temperature=float("nan")).message
+    assert "got number" not in message and "NaN" in message
+
+
 def test_chat_defaults_follow_llama_cpp_server():
     req = chat()
     assert req.model is None
@@ -197,3 +218,10 @@ def test_embeddings_input_forms():
     assert refused(parse_embeddings, {}).param == "input"
     assert refused(parse_embeddings, {"input": "a", "encoding_format": "hex"}).param == \
         "encoding_format"
+
+
+@pytest.mark.parametrize("role", [[], {}, ["user"], 1, None])
+def test_a_role_of_any_json_type_is_a_400(role):
+    # An unhashable role used to reach `role in ROLES` and answer 500 (found by the fuzz).
+    assert refused(parse_chat, {"messages": [{"role": role, "content": "x"}]},
+                   max_tokens_limit=LIMIT).param == "messages[0].role"

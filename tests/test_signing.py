@@ -11,6 +11,7 @@ from core.catalog import signing
 from core.catalog.manifest import InvalidManifest, Manifest
 from core.catalog.references import parse_name_tag
 from core.catalog.registry import Registry
+from core.errors import BadRequest
 from tests.tiny_gguf import write_tiny_gguf
 
 
@@ -56,6 +57,7 @@ def test_a_signature_by_one_key_cannot_be_claimed_by_another(manifest: Manifest)
 
 
 @pytest.mark.parametrize("key", ["", "not base64!", "c2hvcnQ="])
-def test_a_bad_private_key_is_refused(manifest: Manifest, key: str) -> None:
-    with pytest.raises(InvalidManifest, match="not an Ed25519 private key"):
+def test_a_bad_private_key_is_a_usage_error(manifest: Manifest, key: str) -> None:
+    # The publisher's own key file, not the registry's manifest: a 400, not a 502.
+    with pytest.raises(BadRequest, match="not an Ed25519 private key"):
         signing.sign(manifest, key)

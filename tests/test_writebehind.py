@@ -46,3 +46,29 @@ def test_abort_leaves_nothing(tmp_path: Path) -> None:
     sink.write_at(0, DATA[:1024])
     sink.abort()
     assert list(tier.blobs.iterdir()) == []
+
+
+def test_the_drain_runs_at_a_bounded_priority_not_sched_idle(tmp_path: Path) -> None:
+    """SCHED_IDLE gets no CPU while any other thread is runnable: on a machine busy on
+    every core the copy never finished. Nice 10 is a bounded share that always does."""
+    import os
+
+    tier = DiskTier(tmp_path, 1 << 20)
+    gate = threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    class Observed(Gated):
+        def write_at(self, offset: int, data: bytes) -> None:   # on the drain thread
+            tid = threading.get_native_id()
+            seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+            super().write_at(offset, data)
+
+    d = digest(DATA)
+    sink = WriteBehind(Observed(tier.begin_write(d, len(DATA)), gate), tier.name)
+    for off in range(0, len(DATA), 1024):
+        sink.write_at(off, DATA[off:off + 1024])
+    gate.set()
+    sink.finish(lambda off, n: DATA[off:off + n], d, {"source": "test"})
+    (policy, nice), *_ = seen          # the first write is the drain thread's
+    assert policy != os.SCHED_IDLE and nice == 10
+    assert Path(tier.path(d)).read_bytes() == DATA

@@ -32,6 +32,14 @@ class DiskFull(StorageError):
     """The filesystem under a disk tier ran out of space (ENOSPC) while writing."""
 
 
+class AddressRefused(StorageError):
+    """A URL a caller named connected (after DNS or a redirect) to a local, link-local
+    or private address that the operator did not list: the caller's error, never
+    retried."""
+
+    param = "model"
+
+
 class TransientError(SourceUnavailable):
     """One remote call failed in a way worth retrying (network error, 5xx, cut stream).
 

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from tiers.errors import ObjectNotFound, SourceUnavailable, StorageError, TransientError
+from tiers.errors import (
+    AddressRefused,
+    ObjectNotFound,
+    SourceUnavailable,
+    StorageError,
+    TransientError,
+)
 from tiers.timing import span
 
 SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "file")
 
 _lock = threading.Lock()
 _cache: dict[tuple[Any, ...], Any] = {}
+# HTTP URLs a caller named: every connection made for them must reach a public address
+# unless its host is one the operator listed (value). See restrict_to_public.
+_public_only: dict[str, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -90,20 +99,65 @@ _ENV_OF = {
 }
 
 
+def restrict_to_public(url: str, private_hosts: frozenset[str] = frozenset()) -> None:
+    """From now on, every connection made for `url` (the first and each redirect's,
+    after DNS) must reach a globally routable address, except for hosts in
+    `private_hosts` (the ones the operator listed). core.catalog.resolver calls it for
+    each HTTP URL a request names; the operator's own URLs are not restricted."""
+    with _lock:
+        _public_only[url] = private_hosts
+
+
+def _public_only_http(private_hosts: frozenset[str]) -> Any:
+    """An HTTP filesystem whose aiohttp connector checks the addresses it connects to.
+
+    The check sits in the connector's host resolution, which aiohttp runs for every
+    connection (redirects included) and whose answer is the list of addresses it then
+    connects to: a DNS name that resolves (or re-resolves) to 169.254.169.254, ::1 or
+    ::ffff:10.0.0.1 is refused before a socket is opened.
+    """
+    import aiohttp
+    from fsspec.implementations.http import HTTPFileSystem
+
+    from tiers.addresses import is_public_ip
+
+    class PublicOnlyConnector(aiohttp.TCPConnector):
+        async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+            hosts = await super()._resolve_host(host, port, traces=traces)
+            if host.lower().rstrip(".") not in private_hosts:
+                for entry in hosts:
+                    if not is_public_ip(entry["host"]):
+                        raise AddressRefused(
+                            f"{host} resolves to {entry['host']}, a local, link-local or "
+                            "private address; list the host in STRATO_ALLOWED_SOURCES "
+                            "to allow it")
+            return hosts
+
+    async def get_client(**kwargs: Any) -> Any:
+        return aiohttp.ClientSession(connector=PublicOnlyConnector(), **kwargs)
+
+    return HTTPFileSystem(skip_instance_cache=True, get_client=get_client)
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """(fsspec filesystem, path within it) for a URL.
 
     Instances are cached per scheme and per the SDK variables that configure it, so a
     changed endpoint (tests, a new profile) gets a fresh client while chunk reads reuse
-    one connection pool.
+    one connection pool. HTTP URLs a caller named get a client that refuses private
+    addresses (restrict_to_public).
     """
     scheme = scheme_of(url)
     family = {"gcs": "gs", "abfs": "az", "https": "http"}.get(scheme, scheme)
-    key = (family, _env_key(*_ENV_OF.get(family, ())))
+    key: tuple[Any, ...] = (family, _env_key(*_ENV_OF.get(family, ())))
     with _lock:
+        private_hosts = _public_only.get(url) if family == "http" else None
+        if private_hosts is not None:
+            key = ("http-public", private_hosts)
         fs = _cache.get(key)
         if fs is None:
-            fs = _cache[key] = _make(scheme)
+            fs = _cache[key] = (_make(scheme) if private_hosts is None
+                                else _public_only_http(private_hosts))
     if family == "http":
         return fs, url
     if family == "file":
@@ -147,6 +201,9 @@ def translated(url: str) -> Iterator[None]:
     except BaseException as exc:  # re-raised typed below
         if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
+        refused = _cause(exc, AddressRefused)
+        if refused is not None:   # fsspec turns it into FileNotFoundError on the way
+            raise refused from exc
         if _is_not_found(exc):
             raise ObjectNotFound(f"no such object: {url}") from exc
         if isinstance(exc, PermissionError) or _status_of(exc) in (401, 403):
@@ -157,6 +214,17 @@ def translated(url: str) -> Iterator[None]:
                 or _is_network(exc):
             raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
         raise
+
+
+def _cause(exc: BaseException, kind: type[StorageError]) -> StorageError | None:
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_network(exc: BaseException) -> bool:

@@ -23,23 +23,19 @@ _STOP = None
 BACKGROUND_NICE = 10
 
 
-def run_in_background_priority(*, idle: bool = False) -> None:
-    """Lower the calling thread's CPU priority (Linux: per thread): nice 10, or with
-    `idle` SCHED_IDLE (only CPU nobody else wants).
+def run_in_background_priority() -> None:
+    """Lower the calling thread's CPU priority to nice 10 (Linux: per thread).
 
     Copies into slower tiers are for the *next* instance; on a 2-vCPU function they
     would otherwise take CPU from the fetch, verification and load that the current
-    request waits for. The write-behind during a fetch runs idle: falling behind only
-    skips chunks, which are copied from RAM afterwards, at nice 10, while llama.cpp
-    builds its vocabulary on one core and the other is free (and a server busy on both
-    cores still finishes the copy). Best effort: elsewhere the default priority stays.
+    request waits for. Nice 10 is a bounded share (about a tenth of a core against a
+    busy nice-0 thread), so the copy always finishes, however busy the machine is.
+    SCHED_IDLE, used before, gets no CPU at all while other threads are runnable: on a
+    server busy on every core a copy never finished, and a second instance (or a test)
+    found no disk copy. Best effort: elsewhere the default priority stays.
     """
-    tid = threading.get_native_id()
     try:
-        if idle:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
     except (AttributeError, OSError):
         pass
 
@@ -60,7 +56,7 @@ class WriteBehind:
         self._thread.start()
 
     def _drain(self) -> None:
-        run_in_background_priority(idle=True)
+        run_in_background_priority()
         while (item := self._queue.get()) is not _STOP:
             if self.error is not None or self._aborted:
                 continue

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from core.errors import BadRequest
+from core.errors import InvalidManifest
 from tiers.base import BlobPlan
 
 SCHEMA_VERSION = 1
@@ -85,12 +85,6 @@ SCHEMA: dict[str, Any] = {
         "created": {"type": "string"},
     },
 }
-
-
-class InvalidManifest(BadRequest):
-    """A manifest that does not parse, fails the schema, or contradicts itself."""
-
-    code = "invalid_manifest"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Model references: the one place that decides what a user's `model` string means.
 
-A reference arrives from a request body, `STRATO_MODEL` or the CLI, so it is untrusted
-input that later becomes an object key or a file path. Everything is decided here, as
-pure string work, before any I/O: a refused reference never touches a disk or a socket.
+A reference arrives from a request body, `STRATO_MODEL` or the CLI, and later becomes an
+object key, a file path or a URL. Everything is decided here, as pure string work,
+before any I/O: a refused reference never touches a disk or a socket. The operator's
+settings name anything (`parse`); a caller is held to `parse_request`'s rules.
 
 | form                                 | parsed as          |
 | ------------------------------------ | ------------------ |
@@ -17,10 +18,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Union
 from urllib.parse import unquote, urlsplit
 
 from core.errors import InvalidReference
+from tiers.addresses import is_public_host
 
 DEFAULT_TAG = "latest"
 MAX_LENGTH = 2048
@@ -107,20 +109,63 @@ class FileRef:
 Reference = Union[RegistryRef, DigestRef, ObjectRef, FileRef]
 
 
-def parse(text: str, allowed_sources: Iterable[str] = ()) -> Reference:
+def parse(text: str) -> Reference:
     """Parse `text` into a reference, or raise InvalidReference naming the reason.
 
-    `allowed_sources` is STRATO_ALLOWED_SOURCES: entries are schemes (`s3`, `https://`)
-    or URL prefixes (`s3://bucket/models/`, `file:///models`); empty allows every
-    scheme. Registry references are always allowed: their root is the operator's own
-    STRATO_REGISTRY, not something the caller chooses.
+    No allow-list here: this is how the operator's own settings (STRATO_MODEL, the CLI)
+    are read. A caller's `model` goes through `parse_request`.
     """
     if not isinstance(text, str):
         raise InvalidReference("model reference must be a string", param="model")
     _check_characters(text)
-    ref = _parse_form(text.strip())
-    if isinstance(ref, (ObjectRef, FileRef)):
-        check_allowed(ref.url, tuple(allowed_sources))
+    return _parse_form(text.strip())
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """What a caller may name (STRATO_ALLOWED_SOURCES and the configured default).
+
+    `allowed_sources` entries are schemes (`s3`, `https://`) or URL prefixes
+    (`s3://bucket/models/`, `file:///models`, `http://10.0.0.5:9000/`); empty allows no
+    URL and no path. `default_key` is the canonical form of STRATO_MODEL: naming the
+    default is always allowed, whatever it is.
+    """
+
+    allowed_sources: tuple[str, ...] = ()
+    default_key: str | None = None
+
+    def private_hosts(self) -> frozenset[str]:
+        """Hosts an entry names explicitly: the only ones whose link-local, loopback or
+        private addresses a caller's URL may reach (checked again at connect time)."""
+        hosts = set()
+        for entry in self.allowed_sources:
+            host = urlsplit(entry.strip()).hostname if "://" in entry else None
+            if host:
+                hosts.add(host.lower())
+        return frozenset(hosts)
+
+
+def parse_request(text: str, policy: RequestPolicy) -> Reference:
+    """A caller's `model`: registry references (their root is the operator's
+    STRATO_REGISTRY), the configured default, and URLs or paths only where
+    `policy.allowed_sources` lists them.
+
+    Everything is decided from the string, before any I/O, and a refusal says the same
+    thing whether or not a named path exists (no file-existence oracle). An HTTP URL
+    whose host is a literal link-local, loopback or private address (`localhost`,
+    `127.1`, `[::ffff:169.254.169.254]`, ...) is refused unless an entry names that host;
+    names that resolve to such addresses are refused at connect time by tiers/remote.py.
+    """
+    ref = parse(text)
+    if isinstance(ref, (RegistryRef, DigestRef)) or str(ref) == policy.default_key:
+        return ref
+    check_allowed(ref.url, policy.allowed_sources)
+    if isinstance(ref, ObjectRef) and ref.scheme in ("http", "https"):
+        host = (urlsplit(ref.url).hostname or "").lower()
+        if host not in policy.private_hosts() and not is_public_host(host):
+            raise InvalidReference(
+                f"model source {ref.url!r} names a local, link-local or private address; "
+                "list its host in STRATO_ALLOWED_SOURCES to allow it", param="model")
     return ref
 
 
@@ -134,18 +179,18 @@ def parse_name_tag(text: str) -> RegistryRef:
 
 
 def check_allowed(url: str, allowed_sources: tuple[str, ...]) -> None:
-    """Refuse a URL whose scheme or prefix is outside the allow-list (empty = all).
+    """Refuse a URL whose scheme or prefix is outside the allow-list (empty = none).
 
     Prefixes match on path boundaries, so `s3://models` does not admit `s3://models-evil`.
     """
-    if not allowed_sources:
-        return
     for entry in allowed_sources:
         if _matches(url, entry.strip()):
             return
+    listed = ", ".join(allowed_sources) if allowed_sources else "empty: no URL or path"
     raise InvalidReference(
-        f"model source {url!r} is not allowed (STRATO_ALLOWED_SOURCES: "
-        f"{', '.join(allowed_sources)})", param="model")
+        f"model source {url!r} is not allowed (STRATO_ALLOWED_SOURCES: {listed}); "
+        "requests may name registry models (name:tag) and the default model",
+        param="model")
 
 
 def _matches(url: str, entry: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from core.catalog import signing
 from core.catalog.manifest import Manifest, Variant, header_summary, loads
 from core.catalog.references import DigestRef, RegistryRef
-from core.errors import BadRequest, ModelNotFound
+from core.errors import BadRequest, InvalidManifest, ModelNotFound
 from tiers import remote
 from tiers.errors import ObjectNotFound
 from tiers.gguf_header import read_header_file
@@ -126,12 +126,14 @@ def hash_file(path: str, chunk_size: int, *, compress: str = "none", workers: in
 class Registry:
     """Push, read, list and remove models under one root. Thread-safe (stateless)."""
 
-    def __init__(self, root: str, *, chunk_size: int = 8 << 20, streams: int = 16) -> None:
+    def __init__(self, root: str, *, chunk_size: int = 8 << 20, streams: int = 16,
+                 trusted_keys: tuple[str, ...] = ()) -> None:
         if "://" not in root:
             root = os.path.abspath(os.path.expanduser(root))
         self.root = root.rstrip("/") or "/"
         self.chunk_size = chunk_size
         self.streams = streams
+        self.trusted_keys = trusted_keys     # STRATO_TRUSTED_KEYS: signed manifests only
 
     def url(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -234,14 +236,24 @@ class Registry:
                                 f"(no {ref.manifest_key}; publish it with "
                                 f"`strato push FILE {ref}`)", param="model") from None
         manifest = loads(raw, source=url)
-        signing.verify(manifest)
+        signing.verify(manifest, self.trusted_keys)
         return manifest
 
     def by_digest(self, ref: DigestRef) -> Manifest | None:
-        """A manifest of `ref.name` whose digest is `ref.digest`, if any tag has it."""
+        """A manifest of `ref.name` whose digest is `ref.digest`, if any tag has it,
+        verified like `manifest`: one that fails is skipped for another tag of the same
+        bytes, and its refusal raised only when none verifies."""
+        refused: InvalidManifest | None = None
         for manifest in self._manifests_under(f"manifests/{ref.name}", recurse=False):
             if manifest.digest == ref.digest:
+                try:
+                    signing.verify(manifest, self.trusted_keys)
+                except InvalidManifest as exc:
+                    refused = exc
+                    continue
                 return manifest
+        if refused is not None:
+            raise refused
         return None
 
     def has_blob(self, hex_digest: str) -> bool:

@@ -16,10 +16,20 @@ import threading
 from dataclasses import dataclass
 
 from core.catalog.manifest import Manifest, to_blob_plan, validator
-from core.catalog.references import DigestRef, FileRef, ObjectRef, Reference, RegistryRef, parse
+from core.catalog.references import (
+    DigestRef,
+    FileRef,
+    ObjectRef,
+    Reference,
+    RegistryRef,
+    RequestPolicy,
+    parse,
+    parse_request,
+)
 from core.catalog.registry import Registry
 from core.config import Settings, default_cache_dir
-from core.errors import ModelNotFound
+from core.errors import InvalidManifest, InvalidReference, ModelNotFound
+from tiers import remote
 from tiers.base import BlobPlan
 
 log = logging.getLogger("strato.models")
@@ -59,9 +69,11 @@ class Resolver:
         self.settings = settings
         self.is_default_root = settings.registry is None
         self.registry = Registry(settings.registry or default_registry_root(),
-                                 chunk_size=settings.chunk, streams=settings.streams)
+                                 chunk_size=settings.chunk, streams=settings.streams,
+                                 trusted_keys=tuple(settings.trusted_keys))
         self._pinned: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        self.policy = RequestPolicy(tuple(settings.allowed_sources), self._default_key())
         validator()   # import jsonschema and build the manifest validator now, not in a load
 
     def default_model(self) -> str | None:
@@ -71,8 +83,28 @@ class Resolver:
             return self.settings.model
         return str(DEFAULT_REF) if self.is_default_root else None
 
+    def _default_key(self) -> str | None:
+        default = self.default_model()
+        try:
+            return str(parse(default)) if default else None
+        except InvalidReference:
+            return None    # reported when the default is first used
+
     def parse(self, text: str) -> Reference:
-        return parse(text, self.settings.allowed_sources)
+        """The operator's reference (settings, CLI): any form, no allow-list."""
+        return parse(text)
+
+    def parse_request(self, text: str) -> Reference:
+        """A caller's reference, held to the request policy (references.parse_request).
+
+        An HTTP URL a caller named is registered with tiers.remote as public-only, so
+        every connection made for it (after DNS, after each redirect) is checked too.
+        """
+        ref = parse_request(text, self.policy)
+        if isinstance(ref, ObjectRef) and ref.scheme in ("http", "https") \
+                and str(ref) != self.policy.default_key:
+            remote.restrict_to_public(ref.url, self.policy.private_hosts())
+        return ref
 
     def resolve(self, ref: Reference, *, refresh: bool = False) -> Source:
         """Blocking: may read one manifest from the registry (never blob bytes).
@@ -126,6 +158,9 @@ class Resolver:
         if not self.registry.has_blob(ref.hex):
             raise ModelNotFound(f"no blob {ref.digest} in registry {self.registry.root}",
                                 param="model")
+        if self.registry.trusted_keys:
+            raise InvalidManifest(f"no signed manifest names {ref.digest}, and "
+                                  "STRATO_TRUSTED_KEYS requires one")
         # A blob without a manifest (its tag moved on): still exact, verified as a whole.
         return Source(str(ref), ref.name,
                       plan=BlobPlan(url=self.registry.url(ref.blob_key), digest=ref.hex,

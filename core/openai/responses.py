@@ -258,7 +258,7 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]
     if isinstance(exc, StratoError):
         message, param = exc.message, exc.param
     elif status < 500 or code != "internal_error":
-        message, param = str(exc) or type(exc).__name__, None
+        message, param = str(exc) or type(exc).__name__, getattr(exc, "param", None)
     else:
         message, param = "internal server error", None
     headers: dict[str, str] = {}

@@ -81,15 +81,54 @@ class EmbeddingRequest:
 # --- entry points -------------------------------------------------------------------
 
 
+MAX_DEPTH = 64    # arrays/objects inside each other; real requests nest a handful deep
+
+
 def load_json(raw: bytes) -> dict[str, Any]:
-    """Decode a request body; anything but a JSON object is a 400 naming the problem."""
+    """Decode a request body; anything but a JSON object is a 400 naming the problem.
+
+    Strict JSON: `NaN`, `Infinity` and numbers that overflow to infinity are refused
+    (Python's decoder accepts them), so is nesting deeper than MAX_DEPTH (a body of
+    100,000 brackets would otherwise exhaust the decoder's recursion, and a schema
+    nested a few hundred deep the grammar converter's), and so are integers longer than
+    Python converts (a ValueError, not a JSONDecodeError)."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_non_finite, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep") \
+            from None
+    except (UnicodeDecodeError, ValueError) as exc:   # JSONDecodeError is a ValueError
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {_kind(body)}")
+    if _depth(body) > MAX_DEPTH:
+        raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep")
     return body
+
+
+def _non_finite(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, without recursion (the body is already decoded)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_chat(body: Mapping[str, Any], *, max_tokens_limit: int) -> ChatRequest:
@@ -232,7 +271,7 @@ def _message(raw: Any, index: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BadRequest(f"{param} must be an object, got {_kind(raw)}", param=param)
     role = raw.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:   # [] or {} are unhashable
         raise BadRequest(f"{param}.role must be one of {sorted(ROLES)}, got {role!r}",
                          param=f"{param}.role")
     content = raw.get("content")
@@ -411,6 +450,8 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
     if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, str):

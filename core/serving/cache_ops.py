@@ -44,7 +44,8 @@ def _close(loader: Loader) -> None:
 
 def pull(settings: Settings, text: str,
          on_progress: Callable[[Progress], None] | None = None) -> PullResult:
-    """Fetch `text` into the persistent tiers, verified; re-resolves tags (no pinning)."""
+    """Fetch `text` into the persistent tiers, verified; re-resolves tags (no pinning)
+    and revalidates plain URLs (a changed object is fetched again)."""
     resolver = Resolver(settings)
     ref = resolver.parse(text)
     timings = LoadTimings(str(ref))
@@ -60,7 +61,11 @@ def pull(settings: Settings, text: str,
         if not targets:
             raise BadRequest("nothing to pull into: STRATO_TIERS has no disk tier "
                              f"({settings.tiers_spec()!r})")
-        with loader.load(source.plan, on_progress=on_progress, targets=targets) as handle:
+        # A plain URL has no digest to pin: ask the remote whether the object changed
+        # (size and ETag) instead of trusting the copy a tier already holds.
+        revalidate = source.plan.digest is None
+        with loader.load(source.plan, on_progress=on_progress, targets=targets,
+                         revalidate=revalidate) as handle:
             held = tuple(t.name for t in loader.tiers if t.contains(handle.digest))
             timings.source = handle.source
             timings.take_process_phases()       # importing s3fs happened in the fetch

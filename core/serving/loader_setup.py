@@ -10,7 +10,7 @@ from typing import Any
 
 from core import metrics
 from core.config import Settings
-from core.errors import BadRequest
+from core.errors import ConfigError
 from tiers.base import TierStats, describe
 from tiers.loader import Loader
 from tiers.tier_config import TierSpecError, build_tiers
@@ -26,11 +26,12 @@ def record_tier_event(kind: str, tier: str, value: float) -> None:
 
 
 def build_loader(settings: Settings) -> tuple[Loader, VramTier | None]:
-    """(Loader over STRATO_TIERS, VramTier or None); a bad spec is a 400 at start-up."""
+    """(Loader over STRATO_TIERS, VramTier or None); a bad spec is a ConfigError at
+    start-up."""
     try:
         tiers, vram = build_tiers(settings.tiers_spec())
     except TierSpecError as exc:
-        raise BadRequest(f"STRATO_TIERS: {exc}") from None
+        raise ConfigError(f"STRATO_TIERS: {exc}") from None
     return Loader(tiers, streams=settings.streams,
                   stats=TierStats(sink=record_tier_event)), vram
 

@@ -165,24 +165,46 @@ class ModelManager:
         }
 
     async def close(self) -> None:
+        """Stop serving, then finish what the next instance relies on.
+
+        Steps: refuse new loads, wait for loads in progress, close every engine, then
+        finish the copies into slower tiers (`Loader.flush`: a disk or EFS copy that
+        is still being written behind RAM is completed here, not abandoned; a process
+        killed before it ends leaves a resumable partial), then save the promotion
+        policy's history, then close the tiers. So when close() returns, a second
+        instance on the same disk finds the model there.
+        """
         self._closed = True
         if self._loading:
             await asyncio.gather(*self._loading.values(), return_exceptions=True)
         for key in list(self._entries):
             await asyncio.to_thread(self._unload, key)
         await asyncio.to_thread(self._drop_parked)
+        await self.finish_copies()
         await asyncio.to_thread(self.promoter.close)
         for tier in self.loader.tiers:
             tier.close()
 
+    async def finish_copies(self, timeout: float | None = None) -> None:
+        """Wait for the background copies into slower tiers (none pending: no wait).
+
+        On on-demand Lambda nothing runs between invokes (the environment is frozen),
+        so the handler calls this before the invoke that loaded a model returns: the
+        EFS copy promised to the next instance is finished inside that invoke."""
+        await asyncio.to_thread(self.loader.flush, timeout)
+
     # -- loading --------------------------------------------------------------------
 
     def _ref(self, model: str | None) -> tuple[Reference, str]:
-        text = model or self.default_model
-        if not text:
+        """A caller's `model` under the request policy (registry names, the default,
+        listed sources); None means the default, which the operator chose."""
+        if model:
+            ref = self.resolver.parse_request(model)
+        elif self.default_model:
+            ref = self.resolver.parse(self.default_model)
+        else:
             raise ModelUnavailable("no model configured: name one in the request's "
                                    "`model` field or set STRATO_MODEL")
-        ref = self.resolver.parse(text)
         return ref, str(ref)
 
     def _start(self, key: str, ref: Reference) -> asyncio.Task[Loaded]:
@@ -508,9 +530,13 @@ class ModelManager:
                          for k, e in self._entries.items()]
             victims = to_unload(residents, need, self.budget)
             if victims is not None:
-                for victim in victims:
+                # Taken out of `_entries` here, on the loop, before any await: a request
+                # arriving while a victim's engine closes in a thread must start a new
+                # load, never be handed the engine being closed.
+                leaving = [(v, self._take(v)) for v in victims]
+                for victim, entry in leaving:
                     log.info("unloading %s to make room for %s", victim, key)
-                    await asyncio.to_thread(self._unload, victim, park=True)
+                    await asyncio.to_thread(self._close_entry, entry, park=True)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -528,12 +554,19 @@ class ModelManager:
         if self._idle is not None:
             self._idle.set()
 
-    def _unload(self, key: str, *, park: bool = False) -> None:
-        """Close `key`'s engine. With `park`, a model whose bytes are in the RAM tier
-        keeps its llama.cpp model (and its tier pin) for a quick return: a swap back
-        then costs a context, not a reload (see core.engine.llama.ParkedModel)."""
-        entry = self._entries.pop(key, None)
+    def _take(self, key: str) -> Loaded | None:
+        """Remove `key` from what is served (call on the loop): from here on a request
+        for it starts a new load."""
         self._headers.pop(key, None)
+        return self._entries.pop(key, None)
+
+    def _unload(self, key: str, *, park: bool = False) -> None:
+        self._close_entry(self._take(key), park=park)
+
+    def _close_entry(self, entry: Loaded | None, *, park: bool = False) -> None:
+        """Close an engine no longer served. With `park`, a model whose bytes are in the
+        RAM tier keeps its llama.cpp model (and its tier pin) for a quick return: a swap
+        back then costs a context, not a reload (see core.engine.llama.ParkedModel)."""
         if entry is None:
             return
         parked = entry.engine.close(park=park and self._in_ram_tier(entry.handle))
@@ -542,7 +575,7 @@ class ModelManager:
                 entry.handle.release()
             return
         assert entry.digest is not None and entry.handle is not None
-        self._parked[entry.digest] = _Parked(key, parked, entry.handle)
+        self._parked[entry.digest] = _Parked(entry.key, parked, entry.handle)
         while len(self._parked) > MAX_PARKED:
             self._parked.pop(next(iter(self._parked))).free()
 
