@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import openai
 import pytest
 
 from core.config import Settings
@@ -89,3 +90,18 @@ def server(gemma_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
+# A prompt the model continues for as long as it is allowed to: no early EOS, so
+# "finished with the full max_tokens" is a property of the server, not of luck.
+COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    """The official client on the shared server (no retries: every status is the server's)."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def model(client: openai.OpenAI) -> str:
+    """The id the shared server lists for its model."""
+    return client.models.list().data[0].id

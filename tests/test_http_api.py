@@ -11,24 +11,10 @@ import openai
 import pytest
 
 from core import metrics
-from tests.http_server import API_KEY, Server, server, wait_until  # noqa: F401 (fixture)
+from tests.http_server import API_KEY, COUNTING, Server, client, model, server, wait_until  # noqa: F401 (fixture)
 
 # One client with a patient timeout: two shared cores make a 5 s default flaky.
 http = httpx.Client(timeout=300)
-
-# A prompt the model continues for as long as it is allowed to: no early EOS, so
-# "finished with the full max_tokens" is a property of the server, not of luck.
-COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client: openai.OpenAI) -> str:
-    return client.models.list().data[0].id
 
 
 def test_models_lists_the_loaded_model(client: openai.OpenAI, model: str) -> None:

@@ -10,20 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.http_server import API_KEY, Server, server  # noqa: F401 (fixture)
+from tests.http_server import API_KEY, COUNTING, Server, client, model, server  # noqa: F401 (fixture)
 from tests.openapi_check import check
-
-COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client: openai.OpenAI) -> str:
-    return client.models.list().data[0].id
 
 
 def engine(server: Server, model: str):

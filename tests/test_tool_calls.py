@@ -57,7 +57,9 @@ def models(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def smol_server(models: dict[str, str]) -> Iterator[Server]:
     """SmolLM2 and its copies (the Hermes copy by default); Gemma is the shared server's
     (tests/http_server.py), so the suite loads it once."""
-    settings = settings_for(models["hermes"], parallel=2)
+    # The operator allows the directories of the SmolLM2 copies: requests name them by path.
+    allowed = tuple(sorted({str(Path(path).parent) for path in models.values()}))
+    settings = settings_for(models["hermes"], parallel=2, allowed_sources=allowed)
     srv = Server(settings, make_service(settings))
     try:
         assert wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=30).status_code
