@@ -19,7 +19,7 @@ from core.catalog.references import parse_name_tag
 from core.catalog.registry import Registry
 from core.errors import status_of
 from core.serving.manager import ModelManager
-from tests.test_models import first_tokens, settings
+from tests.test_manager import first_tokens, settings
 from tiers import remote
 from tiers.errors import CorruptModel, IntegrityError
 
