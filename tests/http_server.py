@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import shutil
 import socket
@@ -74,20 +75,25 @@ def settings_for(model: str | Path, **overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
-@pytest.fixture(scope="session")
-def server(gemma_path: Path) -> Iterator[Server]:
-    """The shared server: the real Gemma model, an API key, a 64 KiB body limit."""
-    settings = settings_for(gemma_path)
+@contextlib.contextmanager
+def ready_server(settings: Settings) -> Iterator[Server]:
+    """A real server on `settings`, yielded once its default model answers /ready."""
+    import httpx
+
     srv = Server(settings, make_service(settings))
     try:
-        import httpx
-
         assert wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=30).status_code == 200,
-                          300), \
-            "the default model never became ready"
+                          300), "the default model never became ready"
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(gemma_path: Path) -> Iterator[Server]:
+    """The shared server: the real Gemma model, an API key, a 64 KiB body limit."""
+    with ready_server(settings_for(gemma_path)) as srv:
+        yield srv
 
 
 # A prompt the model continues for as long as it is allowed to: no early EOS, so

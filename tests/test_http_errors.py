@@ -17,7 +17,15 @@ import httpx
 import openai
 import pytest
 
-from tests.http_server import API_KEY, Server, make_service, server, settings_for, wait_until  # noqa: F401
+from tests.http_server import (  # noqa: F401
+    API_KEY,
+    Server,
+    make_service,
+    ready_server,
+    server,
+    settings_for,
+    wait_until,
+)
 
 # One client with a patient timeout: two shared cores make a 5 s default flaky.
 http = httpx.Client(timeout=300)
@@ -159,13 +167,8 @@ def test_body_too_large(server: Server, model: str) -> None:
 @pytest.fixture(scope="module")
 def busy_server(gemma_path: Path) -> Iterator[Server]:
     """One sequence slot and room for one waiting request: easy to fill."""
-    settings = settings_for(gemma_path, parallel=1, max_queue=1, ctx=512)
-    srv = Server(settings, make_service(settings))
-    try:
-        assert wait_until(lambda: http.get(f"{srv.url}/ready").status_code == 200, 300)
+    with ready_server(settings_for(gemma_path, parallel=1, max_queue=1, ctx=512)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_queue_full_answers_429_with_retry_after(busy_server: Server) -> None:

@@ -11,7 +11,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.http_server import API_KEY, Server, make_service, settings_for, wait_until
+from tests.http_server import API_KEY, Server, ready_server, settings_for
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUEUE = 8
@@ -19,13 +19,8 @@ QUEUE = 8
 
 @pytest.fixture(scope="module")
 def small_queue(gemma_path: Path) -> Iterator[Server]:
-    settings = settings_for(gemma_path, parallel=2, max_queue=QUEUE, ctx=512)
-    server = Server(settings, make_service(settings))
-    try:
-        assert wait_until(lambda: httpx.get(f"{server.url}/ready").status_code == 200, 300)
-        yield server
-    finally:
-        server.stop()
+    with ready_server(settings_for(gemma_path, parallel=2, max_queue=QUEUE, ctx=512)) as srv:
+        yield srv
 
 
 def test_twenty_times_the_queue_gets_only_200_and_429(small_queue: Server) -> None:

@@ -25,6 +25,7 @@ from tests.http_server import (  # noqa: F401 (server: the shared fixture)
     API_KEY,
     Server,
     make_service,
+    ready_server,
     server,
     settings_for,
 )
@@ -59,14 +60,9 @@ def smol_server(models: dict[str, str]) -> Iterator[Server]:
     (tests/http_server.py), so the suite loads it once."""
     # The operator allows the directories of the SmolLM2 copies: requests name them by path.
     allowed = tuple(sorted({str(Path(path).parent) for path in models.values()}))
-    settings = settings_for(models["hermes"], parallel=2, allowed_sources=allowed)
-    srv = Server(settings, make_service(settings))
-    try:
-        assert wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=30).status_code
-                          == 200, 300), "the default model never became ready"
+    with ready_server(settings_for(models["hermes"], parallel=2,
+                                   allowed_sources=allowed)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class Models:
