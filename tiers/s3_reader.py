@@ -190,7 +190,11 @@ class S3Reader:
                 status = response.status
                 got = {k.lower(): v for k, v in response.getheaders()}
                 if status in (200, 206):
-                    body = bytearray() if method == "HEAD" else _read_body(response, where)
+                    if method == "HEAD":
+                        response.read()           # frees the connection for the next
+                        body = bytearray()
+                    else:
+                        body = _read_body(response, where)
                     if response.will_close:
                         self._drop(scheme, host)
                     return status, got, body
