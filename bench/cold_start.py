@@ -9,7 +9,8 @@ store's page cache. Timed from `Popen` to the first byte of the token on stdout:
   memfd    the approach of AWS's SnapStart sample: parallel ranged GETs (boto3, one
            thread per stream, strato's stream count) into a memfd, `Llama()` on
            /proc/self/fd/N, one token
-  strato   `strato run NAME PROMPT --max-tokens 1 --timings`: manifest, verified fetch
+  strato   `strato run NAME PROMPT --max-tokens 1 --timings --raw` (the prompt as-is, like
+           the two above: no chat template): manifest, verified fetch
            into the RAM tier (disk behind it), llama.cpp built while the bytes stream
 
 and the floor, measured in the same rounds: process start + max(fetch of the bytes at
@@ -223,7 +224,7 @@ class Bench:
                "STRATO_THREADS": str(self.args.threads), "STRATO_CTX": "256"}
         seconds, _, err = first_output(
             [self.strato_exe, "run", model.name, PROMPT, "--max-tokens", "1", "--temperature",
-             "0", "--timings"], env)
+             "0", "--timings", "--raw"], env)
         shutil.rmtree(where, ignore_errors=True)
         if self.args.show:
             print(err, file=sys.stderr)

@@ -89,6 +89,11 @@ class ModelManager:
 
     def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
         self.settings = settings
+        # llama_cpp (a native library, 0.15-0.35 s) is imported while the rest of the
+        # set-up and the manifest read run: a cold start's build waits for it.
+        self._importing = threading.Thread(target=_engine_class, name="strato-import",
+                                           daemon=True)
+        self._importing.start()
         self.resolver = Resolver(settings)
         self.default_model = self.resolver.default_model()
         self.loader, self.vram = build_loader(settings)
@@ -244,18 +249,12 @@ class ModelManager:
                 raise ModelUnavailable("the server is shutting down")
             start = time.monotonic()
             timings = LoadTimings(key)
-            # llama_cpp (a native library) is imported while the manifest and the
-            # first bytes are on their way, not after them.
-            importing = asyncio.ensure_future(asyncio.to_thread(_engine_class))
             with timings.timed("manifest"):
                 source = await asyncio.to_thread(self._resolve, ref)
             try:
-                try:
-                    entry = await self._load_source(key, source, timings)
-                except OutOfMemory as exc:
-                    entry = await self._load_smaller_variant(key, source, exc)
-            finally:
-                await asyncio.gather(importing, return_exceptions=True)
+                entry = await self._load_source(key, source, timings)
+            except OutOfMemory as exc:
+                entry = await self._load_smaller_variant(key, source, exc)
             if self._closed:
                 entry.engine.close()
                 if entry.handle is not None:
