@@ -25,9 +25,15 @@ endif
 export CMAKE_ARGS
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 # The wheel is built here, not taken from pip's cache: pip keys cached sdist builds by URL,
-# so a wheel built with other CMAKE_ARGS would otherwise be reused silently.
+# so a wheel built with other CMAKE_ARGS would otherwise be reused silently. It is built
+# from the pinned sdist with strato's patches applied (layers/llama-cpp/patches, README
+# "llama.cpp patches"), made by patched-sdist.sh into LLAMA_SDIST_DIR. The stamps carry a
+# hash of the patch set: a changed patch rebuilds; a fresh checkout of the same one does not.
+LLAMA_PATCH_ID := $(shell cd layers/llama-cpp/patches && sha256sum ./*.patch | sha256sum | cut -c1-16)
+LLAMA_SDIST_DIR := .cache/llama-sdist
+PATCHED_SDIST := PYTHON=$(BIN)/python sh layers/llama-cpp/patched-sdist.sh $(LLAMA_SDIST_DIR) $(LLAMA_VERSION)
 WHEELS := .cache/wheels
-LLAMA_WHEEL := $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)
+LLAMA_WHEEL := $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)-patches-$(LLAMA_PATCH_ID)
 # gcsfs 2026.x otherwise probes every bucket over gRPC and waits 60 s against emulators.
 export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
@@ -39,18 +45,27 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip wheel setuptools
 
+# The patched wheel has the upstream one's name: the old one and its stamps go first.
 $(LLAMA_WHEEL): | $(BIN)/python
 	mkdir -p $(WHEELS)
-	$(BIN)/pip wheel --no-cache-dir --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
+	rm -f $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)*
+	sdist=$$($(PATCHED_SDIST)) && \
+		$(BIN)/pip wheel --no-cache-dir --no-deps "$$sdist" -w $(WHEELS)
 	touch $@
 
-# Same sources and non-CPU flags as the wheel (OpenMP on, as there); only the ISA differs.
-$(LLAMA_AVX512)/.flags: layers/llama-cpp/build-avx512-libs.sh layers/llama-cpp/portable-cmake-args.sh | $(BIN)/python
-	PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_VERSION) \
+# Same sources (patched) and non-CPU flags as the wheel (OpenMP on, as there); only the
+# ISA differs. The script skips the build when .flags already names this version, patch
+# set and flags (then .flags keeps its time and nothing downstream is redone).
+$(LLAMA_AVX512)/.flags: layers/llama-cpp/build-avx512-libs.sh layers/llama-cpp/portable-cmake-args.sh \
+		layers/llama-cpp/patched-sdist.sh $(wildcard layers/llama-cpp/patches/*.patch) | $(BIN)/python
+	sdist=$$($(PATCHED_SDIST)) && \
+		PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_VERSION) SDIST="$$sdist" \
 		nice sh layers/llama-cpp/build-avx512-libs.sh $(LLAMA_AVX512)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt $(LLAMA_WHEEL) $(if $(LLAMA_AVX512),$(LLAMA_AVX512)/.flags)
 	$(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]'
+	# A venv that had llama-cpp-python already keeps it otherwise (same version number).
+	$(BIN)/pip install --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip check
 ifdef LLAMA_AVX512
 	pkg=$$($(BIN)/python -c 'import importlib.util as u; print(u.find_spec("llama_cpp").submodule_search_locations[0])') \

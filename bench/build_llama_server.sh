@@ -6,8 +6,13 @@
 #     AMX kernel on these hosts). Output: bench/.build/bin/llama-server.
 #  2. a separate venv bench/.build/venv-llama-server-py with `llama-cpp-python[server]`
 #     (fastapi, sse-starlette, ...) for `python -m llama_cpp.server`, so strato's own
-#     .venv never carries those dependencies. It installs the wheel `make install` built
-#     into .cache/wheels when there is one (same flags), else builds it with CMAKE_ARGS.
+#     .venv never carries those dependencies. It builds llama-cpp-python from PyPI's sdist
+#     with CMAKE_ARGS (not the wheel in .cache/wheels: that one is patched, see below).
+#
+# Both peers run UPSTREAM code, deliberately unpatched: strato builds llama.cpp with its
+# own patch set (layers/llama-cpp/patches, e.g. a faster model load), and the benchmark
+# measures strato against what a user of llama.cpp / llama-cpp-python gets, so what the
+# patches gain shows up as strato's gain. Same sources otherwise, same CPU flags.
 #
 # CPU flags: $CMAKE_ARGS if set, else the Makefile's CMAKE_ARGS, so all three builds of
 # ggml (strato's, llama_cpp.server's, llama-server's) agree. A stamp file records the flags
@@ -64,7 +69,7 @@ else
   # --no-cache-dir: pip's cache keys sdist builds by URL, not by CMAKE_ARGS, and could
   # hand back a wheel built with other flags.
   CMAKE_ARGS="$PORTABLE" "$VENV/bin/pip" install --no-cache-dir \
-    --find-links "$ROOT/.cache/wheels" "llama-cpp-python[server]==$VERSION"
+    "llama-cpp-python[server]==$VERSION"
   "$VENV/bin/python" -c "import llama_cpp.server.app"
   echo "llama_cpp.server venv ready: $VENV"
 fi

@@ -66,7 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make(makefile_of("DepsLayer"), "build-DepsLayer", out["deps"], PYTHON=py,
          PY_VERSION=f"{sys.version_info.major}.{sys.version_info.minor}")
     make(makefile_of("LlamaCppLayer"), "build-LlamaCppLayer", out["llama"], PYTHON=py,
-         PIP_ARGS=f"--find-links {LOCAL_WHEELS} --only-binary llama-cpp-python",
+         LLAMA_CPP_WHEEL=str(wheels[-1]),
          AVX512_LIBS=str(LOCAL_AVX512))
     return out
 

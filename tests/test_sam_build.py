@@ -4,8 +4,8 @@ SAM CLI (from .venv-tools, which `make test` installs through `make lint`) build
 zip package with samconfig.toml's settings: the image functions excluded, `make` run in
 the repository (build_in_source) through each resource's Makefile. The one difference
 from a user's build is `--no-use-container`: there is no container engine here, so the
-layers are built with the local Python (the llama-cpp-python wheel `make install` built,
-passed through PIP_ARGS). `sam package` then uploads to S3 served by moto_server and
+layers are built with the local Python (the patched llama-cpp-python wheel `make install`
+built, passed through LLAMA_CPP_WHEEL). `sam package` then uploads to S3 served by moto_server and
 rewrites the template, which must still pass cfn-lint and must leave the unbuilt image
 functions alone instead of demanding an image.
 """
@@ -45,9 +45,9 @@ def test_sam_build_and_package_the_zip_functions(s3_bucket: str, tmp_path: Path)
     import boto3
 
     assert (TOOLS / "sam").exists(), "SAM CLI missing: run `make tools`"
-    assert sorted(WHEELS.glob("llama_cpp_python-*.whl")), "no llama-cpp-python wheel: `make install`"
-    env = dict(os.environ, SAM_CLI_TELEMETRY="0",
-               PIP_ARGS=f"--find-links {WHEELS} --only-binary llama-cpp-python",
+    wheels = sorted(WHEELS.glob("llama_cpp_python-*.whl"))
+    assert wheels, "no llama-cpp-python wheel: `make install`"
+    env = dict(os.environ, SAM_CLI_TELEMETRY="0", LLAMA_CPP_WHEEL=str(wheels[-1]),
                AVX512_LIBS=str(ROOT / ".cache" / "llama-avx512" / "lib"))
     build = tmp_path / "build"
     run(TOOLS / "sam", "build", "--no-use-container", "--build-dir", build,
