@@ -1,0 +1,41 @@
+"""Run in a fresh process: load a GGUF's vocabulary (vocab_only) through the llama.cpp
+build strato picks (core/engine/cpu_variant.py, STRATO_CPU_VARIANT) and print the lines
+of llama.cpp's metadata dump ("- kv N: key type = value"), one per key, as JSON.
+
+A separate process because the build is chosen once per process, at the first import of
+llama_cpp, and because strato's own log callback drops llama.cpp's INFO lines.
+
+Usage: python -m tests.llama_log_probe MODEL.gguf
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+
+
+def metadata_dump(model: str) -> list[str]:
+    from core.engine import cpu_variant  # noqa: F401  (sets LLAMA_CPP_LIB_PATH)
+    from core.engine.llama import ll
+
+    lines: list[str] = []
+
+    @ll.llama_log_callback
+    def keep(_level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    ll.llama_log_set(keep, ctypes.c_void_p(0))
+    ll.llama_backend_init()
+    params = ll.llama_model_default_params()
+    params.vocab_only = True
+    handle = ll.llama_model_load_from_file(model.encode(), params)
+    if not handle:
+        sys.exit(f"llama.cpp could not load {model}")
+    ll.llama_model_free(handle)
+    text = "".join(lines)
+    return [line for line in text.splitlines() if "- kv " in line]
+
+
+if __name__ == "__main__":
+    print(json.dumps(metadata_dump(sys.argv[1])))
