@@ -29,7 +29,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 # from the pinned sdist with strato's patches applied (layers/llama-cpp/patches, README
 # "llama.cpp patches"), made by patched-sdist.sh into LLAMA_SDIST_DIR. The stamps carry a
 # hash of the patch set: a changed patch rebuilds; a fresh checkout of the same one does not.
-LLAMA_PATCH_ID := $(shell cd layers/llama-cpp/patches && sha256sum ./*.patch | sha256sum | cut -c1-16)
+LLAMA_PATCH_ID := $(shell { cd layers/llama-cpp/patches && sha256sum ./*.patch; } 2>/dev/null | sha256sum | cut -c1-16)
 LLAMA_SDIST_DIR := .cache/llama-sdist
 PATCHED_SDIST := PYTHON=$(BIN)/python sh layers/llama-cpp/patched-sdist.sh $(LLAMA_SDIST_DIR) $(LLAMA_VERSION)
 WHEELS := .cache/wheels

@@ -22,7 +22,7 @@ out="${1:?usage: build-avx512-libs.sh OUT_DIR}"
 here="$(cd "$(dirname "$0")" && pwd)"
 version="${LLAMA_CPP_VERSION:-0.3.36}"
 flags="$(sh "$here/portable-cmake-args.sh" x86_64 avx512)${EXTRA_CMAKE_ARGS:+ $EXTRA_CMAKE_ARGS}"
-patches="$(cd "$here/patches" && sha256sum ./*.patch | sha256sum | cut -c1-16)"
+patches="$({ cd "$here/patches" && sha256sum ./*.patch; } 2>/dev/null | sha256sum | cut -c1-16)"
 stamp="llama-cpp-python==$version patches:$patches $flags"
 if [ -e "$out/libllama.so" ] && [ "$(cat "$out/.flags" 2>/dev/null)" = "$stamp" ]; then
     echo "AVX-512 llama.cpp libraries already built: $out"

@@ -21,8 +21,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 name="llama_cpp_python-$version"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-# The stamp: each patch's name and content hash, in the order they are applied.
-stamp="$(cd "$here/patches" && sha256sum ./*.patch)"
+# The stamp: each patch's content hash and name, in the order they are applied (empty
+# when there is none left: then the result is the upstream sdist).
+stamp="$(cd "$here/patches" 2>/dev/null && for p in ./*.patch; do
+    if [ -e "$p" ]; then sha256sum "$p"; fi; done || true)"
 if [ -e "$out/$name.tar.gz" ] && [ "$(cat "$out/$name.patches" 2>/dev/null)" = "$stamp" ]; then
     echo "$out/$name.tar.gz"
     exit 0
@@ -39,6 +41,7 @@ fi
 mkdir "$work/src"
 tar -xzf "$sdist" -C "$work/src"
 for p in "$here"/patches/*.patch; do
+    [ -e "$p" ] || continue
     echo "patched-sdist.sh: applying $(basename "$p")" >&2
     patch -p1 --forward --batch --quiet -d "$work/src/$name" <"$p" >&2
 done
