@@ -15,13 +15,19 @@ import threading
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+# Set when the import has finished (or failed): a cold load starts its bulk fetch then,
+# so the fetch threads do not take the GIL from the import the build is waiting for.
+done = threading.Event()
 
 
 def _import() -> None:
     from tiers.timing import span
 
-    with span("import llama_cpp"):
-        import core.engine.llama  # noqa: F401
+    try:
+        with span("import llama_cpp"):
+            import core.engine.llama  # noqa: F401
+    finally:
+        done.set()
 
 
 def start() -> None:

@@ -360,7 +360,7 @@ class ModelManager:
         fetch = asyncio.ensure_future(asyncio.to_thread(
             self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
             on_progress=lambda p: self._on_progress(key, p), on_early=on_early,
-            copies_after=copies_after))
+            copies_after=copies_after, bulk_after=background_import.done))
         either: list[asyncio.Future[Any]] = [fetch, offered]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not offered.done():
