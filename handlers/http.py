@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from starlette.routing import Route
 from core import metrics
 from core.config import Settings, from_env
 from core.errors import BadRequest, ConfigError, ContextOverflow, ModelUnavailable, StratoError
-from core.openai import responses, responses_api, schemas, tokenize, tools
+from core.openai import responses, responses_api, responses_events, schemas, tokenize, tools
 from core.openai.tool_output import OutputParser, collect, prompt_opens_think
 from core.serving import Engine, GenerationRequest, ModelService, TokenEvent, TokenLogprob
 from handlers.asgi import (
@@ -103,9 +103,7 @@ class Api:
         body = schemas.parse_chat(await read_json(request, self.settings.max_body),
                                   max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        spec = body.tools if body.tools is not None and body.tools.active else None
-        prompt = engine.render_chat(body.messages, spec.tools if spec else ())
-        forced = tools.forced_call(spec)
+        prompt, spec, forced = _chat_prompt(engine, body.messages, body.tools)
 
         def parser() -> OutputParser:  # one per answer: each of the n is split alone
             return OutputParser(spec.names() if spec else None,
@@ -152,24 +150,29 @@ class Api:
                                    max_tokens_limit=self.settings.max_tokens_limit)
         history = self.responses.history(body.previous_response_id)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        prompt = engine.render_chat(body.messages(history))
-        gen, first = await self._start(request, "chat", engine, prompt, body.decoding)
+        prompt, spec, forced = _chat_prompt(engine, body.messages(history), body.tools)
+        prefix = forced.prefix if forced else ""
+        gen, first = await self._start(request, "chat", engine, prompt + prefix,
+                                       body.decoding, forced.grammar if forced else None)
         ttft = time.perf_counter() - arrived
         draft = responses_api.Draft(body, engine.info.name)
+        parser = OutputParser(spec.names(), prefix=prefix, reasoning=False) if spec else None
+        writer = responses_events.EventWriter(draft, parser, encode=body.decoding.stream)
+        events = self._response_events(writer, gen, first, history, ttft)
         if body.decoding.stream:
-            return EventStream(self._response_events(draft, gen, first, history, ttft),
-                               headers={"Cache-Control": "no-cache",
-                                        "X-Accel-Buffering": "no"})
+            return EventStream(events, headers={"Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+
+        async def drain() -> None:  # the same writer, silent: the same output items
+            async for _ in events:
+                pass
+
         try:
-            answer = await unless_disconnected(request, _collect(gen, first))
+            await unless_disconnected(request, drain())
         finally:
+            await events.aclose()
             await gen.aclose()
-        text, last = "".join(answer.texts[0]), answer.lasts[0]
-        final = responses_api.response_object(draft, text, last, answer.logprobs[0])
-        self.responses.put(body, final, text, history)
-        self._observe("responses", draft.model, ttft,
-                      responses.usage(last.prompt_tokens, last.completion_tokens))
-        return JSONResponse(final)
+        return JSONResponse(writer.final)
 
     async def get_response(self, request: Request) -> Response:
         return JSONResponse(self.responses.get(request.path_params["id"]))
@@ -282,35 +285,37 @@ class Api:
         finally:
             await gen.aclose()
 
-    async def _response_events(self, draft: responses_api.Draft,
+    async def _response_events(self, writer: responses_events.EventWriter,
                                gen: AsyncGenerator[TokenEvent, None], event: TokenEvent,
                                history: tuple[dict[str, Any], ...],
-                               ttft: float) -> AsyncIterator[bytes]:
-        """The Responses event stream; the finished response is stored before the last
-        event goes out, so a client that reads `response.completed` can chain on it."""
-        writer = responses_api.EventWriter(draft)
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
+                               ttft: float) -> AsyncGenerator[bytes, None]:
+        """One response through its writer: the Responses event stream (nothing but
+        `writer.final` when the writer is silent, and errors raised, not sent). The
+        finished response is stored before the last event goes out, so a client that
+        reads `response.completed` can chain on it."""
+        draft = writer.draft
         try:
             yield writer.opening()
             while True:
-                if event.text or event.logprobs:
-                    parts.append(event.text)
-                    logprobs.extend(event.logprobs)
-                    yield writer.delta(event.text, event.logprobs)
+                chunk = writer.tokens(event)
+                if chunk:
+                    yield chunk
                 if event.finish_reason is not None:
                     break
                 event = await gen.__anext__()
-            text = "".join(parts)
-            tail, final = writer.closing(text, event, logprobs)
-            self.responses.put(draft.request, final, text, history)
+            tail, final = writer.closing(event)
+            self.responses.put(draft.request, final, history)
             yield tail
             self._observe("responses", draft.model, ttft,
                           responses.usage(event.prompt_tokens, event.completion_tokens))
         except StopAsyncIteration:
             log.error("engine stream ended without a finish event")
+            if not writer.encode:
+                raise RuntimeError("stream ended early") from None
             yield writer.error(responses.error_body(RuntimeError("stream ended early"))[1])
         except (StratoError, StorageError) as exc:
+            if not writer.encode:
+                raise
             yield writer.error(responses.error_body(exc)[1])
         finally:
             await gen.aclose()
@@ -369,6 +374,16 @@ async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent, n: int = 1
             if not open_answers:
                 return answers
         event = await gen.__anext__()
+
+
+def _chat_prompt(engine: Engine, messages: Sequence[dict[str, Any]],
+                 spec: tools.ToolSpec | None
+                 ) -> tuple[str, tools.ToolSpec | None, tools.ForcedCall | None]:
+    """A chat turn's prompt, its tools when they are active (None with `none` or no
+    tools) and, when a call is forced, the call's prefix and grammar."""
+    active = spec if spec is not None and spec.active else None
+    prompt = engine.render_chat(messages, active.tools if active else ())
+    return prompt, active, tools.forced_call(active)
 
 
 def _grammar(decoding: schemas.Decoding) -> str | None:

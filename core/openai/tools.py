@@ -95,9 +95,10 @@ def new_call_id() -> str:
 # --- parsing requests ------------------------------------------------------------------
 
 
-def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
-    """`tools`, `tool_choice` and `parallel_tool_calls` of a chat request; None when the
-    request has no tools (a `tool_choice` other than none/auto then is a 400)."""
+def parse_tool_spec(body: Mapping[str, Any], *, flat: bool = False) -> ToolSpec | None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` of a chat request (with `flat`, of
+    a Responses API request); None when the request has no tools (a `tool_choice` other
+    than none/auto then is a 400)."""
     raw = body.get("tools")
     choice_raw = body.get("tool_choice")
     if raw is None or raw == []:
@@ -106,7 +107,7 @@ def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
         return None
     if not isinstance(raw, list):
         raise BadRequest("'tools' must be an array of function tools", param="tools")
-    tools = tuple(parse_tool(t, f"tools[{i}]") for i, t in enumerate(raw))
+    tools = tuple(parse_tool(t, f"tools[{i}]", flat=flat) for i, t in enumerate(raw))
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise BadRequest("tool names must be unique", param="tools")
@@ -114,7 +115,7 @@ def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
     if parallel is not None and not isinstance(parallel, bool):
         raise BadRequest("'parallel_tool_calls' must be a boolean",
                          param="parallel_tool_calls")
-    spec = ToolSpec(tools, parse_tool_choice(choice_raw, names, flat=False),
+    spec = ToolSpec(tools, parse_tool_choice(choice_raw, names, flat=flat),
                     True if parallel is None else parallel)
     call_grammar(spec)  # an invalid parameters schema is a 400 now, whatever the choice
     return spec
@@ -162,8 +163,10 @@ def parse_tool_choice(raw: Any, names: Sequence[str], *, flat: bool) -> str:
             return str(name)
         raise BadRequest(f"'tool_choice' names {name!r}, which is not one of the tools "
                          f"{sorted(names)}", param="tool_choice")
-    raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or "
-                     "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
+    named = "{'type': 'function', 'name': ...}" if flat else \
+        "{'type': 'function', 'function': {'name': ...}}"
+    raise BadRequest(f"'tool_choice' must be 'none', 'auto', 'required' or {named}",
+                     param="tool_choice")
 
 
 def _check_schema(schema: Mapping[str, Any], param: str) -> None:
