@@ -113,7 +113,8 @@ class Api:
         return await self._generate(request, "chat", engine,
                                     prompt + (forced.prefix if forced else ""),
                                     body.decoding, arrived, echo="", parser=parser,
-                                    tool_grammar=forced.grammar if forced else None)
+                                    tool_grammar=tools.turn_grammar(
+                                        spec, forced, _answer_schema(body.decoding)))
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()
@@ -152,8 +153,9 @@ class Api:
         engine = await unless_disconnected(request, self.service.engine(body.model))
         prompt, spec, forced = _chat_prompt(engine, body.messages(history), body.tools)
         prefix = forced.prefix if forced else ""
-        gen, first = await self._start(request, "chat", engine, prompt + prefix,
-                                       body.decoding, forced.grammar if forced else None)
+        gen, first = await self._start(
+            request, "chat", engine, prompt + prefix, body.decoding,
+            tools.turn_grammar(spec, forced, _answer_schema(body.decoding)))
         ttft = time.perf_counter() - arrived
         draft = responses_api.Draft(body, engine.info.name)
         parser = OutputParser(spec.names(), prefix=prefix, reasoning=False) if spec else None
@@ -185,8 +187,8 @@ class Api:
     async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
                      decoding: schemas.Decoding, tool_grammar: str | None = None
                      ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
-        """Submit one generation and wait for its first event; a forced tool call's
-        grammar takes the place of response_format's.
+        """Submit one generation and wait for its first event; a tool turn's grammar
+        (core.openai.tools.turn_grammar) takes the place of response_format's.
 
         Admission (queue full, context overflow) happens before the first event:
         waiting for it here turns those into real HTTP statuses, not a broken 200.
@@ -384,6 +386,15 @@ def _chat_prompt(engine: Engine, messages: Sequence[dict[str, Any]],
     active = spec if spec is not None and spec.active else None
     prompt = engine.render_chat(messages, active.tools if active else ())
     return prompt, active, tools.forced_call(active)
+
+
+def _answer_schema(decoding: schemas.Decoding) -> dict[str, Any] | None:
+    """response_format as the JSON schema of a text answer (None: free text)."""
+    fmt = decoding.response_format
+    if fmt is None:
+        return None
+    return dict(fmt.schema or {}) if fmt.type == "json_schema" and fmt.schema \
+        else {"type": "object"}
 
 
 def _grammar(decoding: schemas.Decoding) -> str | None:

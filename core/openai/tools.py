@@ -288,20 +288,39 @@ def _json_or_text(arguments: str) -> Any:
 # --- grammar ---------------------------------------------------------------------------
 
 
-def call_grammar(spec: ToolSpec, prefilled: str = "") -> str:
+def call_grammar(spec: ToolSpec, prefilled: str = "",
+                 answer: Mapping[str, Any] | None = None) -> str:
     """GBNF for what a forced turn may sample: calls to the callable tools, arguments
-    per their schemas (`prefilled`: see core.openai.grammar.tool_calls_gbnf). A named
-    function is called once (what clients that name one, instructor's TOOLS mode,
-    LangChain's bind_tools, read back: small models otherwise repeat the call until
-    max_tokens); `required` with parallel calls allows up to MAX_FORCED_CALLS."""
+    per their schemas (`prefilled`, `answer`: see core.openai.grammar.tool_calls_gbnf).
+    A named function is called once (what clients that name one, instructor's TOOLS
+    mode, LangChain's bind_tools, read back: small models otherwise repeat the call
+    until max_tokens); `required` (or `auto`) with parallel calls allows up to
+    MAX_FORCED_CALLS."""
     from core.openai import grammar
 
     functions = [(t.name, dict(t.parameters or {"type": "object"}))
                  for t in spec.callable()]
-    many = spec.parallel and spec.choice == "required"
+    many = spec.parallel and spec.choice in ("required", "auto")
     return grammar.tool_calls_gbnf(functions, call_open=CALL_OPEN, args_sep=ARGS_SEP,
                                    call_close=CALL_CLOSE, prefilled=prefilled,
-                                   max_calls=MAX_FORCED_CALLS if many else 1)
+                                   max_calls=MAX_FORCED_CALLS if many else 1,
+                                   answer=answer)
+
+
+def turn_grammar(spec: ToolSpec | None, forced: ForcedCall | None,
+                 answer: Mapping[str, Any] | None) -> str | None:
+    """The grammar of a chat turn whose output format (`answer`: response_format's JSON
+    schema, `{"type": "object"}` for json_object) meets its active tools (`spec`).
+
+    As in OpenAI's API, response_format shapes the turn's *text*: a forced call has no
+    text, so its grammar alone applies; with `auto` the model may answer in the format
+    or call tools, each branch constrained; without tools, the format's grammar (None
+    here: the caller's, core.openai.grammar.from_response_format)."""
+    if forced is not None:
+        return forced.grammar
+    if spec is not None and answer is not None:
+        return call_grammar(spec, answer=answer)
+    return None
 
 
 @dataclass(frozen=True)
