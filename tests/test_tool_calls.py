@@ -21,15 +21,15 @@ import pytest
 
 from tests import smollm2
 from tests.chat_templates import HERMES, THINK
-from tests.http_server import (  # noqa: F401 (server: the shared fixture)
+from tests.http_server import (  # noqa: F401 (server, client, model: shared fixtures)
     API_KEY,
     Server,
     client,
     make_service,
+    model,
     ready_server,
     server,
     settings_for,
-    model,
 )
 from tests.openapi_check import check
 from tests.polling import wait_until
