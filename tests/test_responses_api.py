@@ -262,3 +262,17 @@ def test_tool_choice_none_and_auto_answer_in_the_response_shape(client: openai.O
                     json.loads(item["arguments"])
             else:
                 assert item["type"] == "message"
+
+
+def test_forced_call_wins_over_text_format(client: openai.OpenAI, model: str) -> None:
+    """text.format shapes a text answer; a forced call has none (README, "Tool calls")."""
+    colour = {"type": "object", "required": ["colour"],
+              "properties": {"colour": {"type": "string", "maxLength": 16}}}
+    body = create_raw(client, model=model, input=ASK, tools=[TOOL],
+                      tool_choice={"type": "function", "name": "get_weather"},
+                      max_output_tokens=40, temperature=0,
+                      text={"format": {"type": "json_schema", "name": "colour",
+                                       "schema": colour}})
+    [call] = body["output"]
+    assert call["type"] == "function_call" and body["text"]["format"]["name"] == "colour"
+    jsonschema.validate(json.loads(call["arguments"]), PARAMS)
