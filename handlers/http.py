@@ -121,8 +121,10 @@ class Api:
         body = schemas.parse_completion(await read_json(request, self.settings.max_body),
                                         max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
+        echo = "" if not body.echo else body.prompt if body.tokens is None \
+            else _prompt_text(engine, body.tokens)
         return await self._generate(request, "text", engine, body.prompt, body.decoding,
-                                    arrived, echo=body.prompt if body.echo else "")
+                                    arrived, echo=echo, prompt_tokens=body.tokens)
 
     async def embeddings(self, request: Request) -> Response:
         body = schemas.parse_embeddings(await read_json(request, self.settings.max_body))
@@ -185,7 +187,8 @@ class Api:
         return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
 
     async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
-                     decoding: schemas.Decoding, tool_grammar: str | None = None
+                     decoding: schemas.Decoding, tool_grammar: str | None = None,
+                     prompt_tokens: tuple[int, ...] | None = None
                      ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
         """Submit one generation and wait for its first event; a tool turn's grammar
         (core.openai.tools.turn_grammar) takes the place of response_format's.
@@ -197,7 +200,8 @@ class Api:
             prompt=prompt, max_tokens=self._max_tokens(engine, prompt, decoding),
             sampling=decoding.sampling, stop=decoding.stop,
             grammar=tool_grammar or _grammar(decoding), n=decoding.n,
-            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs))
+            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs,
+            prompt_tokens=prompt_tokens))
         try:
             first = await unless_disconnected(request, gen.__anext__())
         except BaseException as exc:
@@ -210,9 +214,11 @@ class Api:
     async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
                         decoding: schemas.Decoding, arrived: float, echo: str,
                         parser: Callable[[], OutputParser] | None = None,
-                        tool_grammar: str | None = None) -> Response:
+                        tool_grammar: str | None = None,
+                        prompt_tokens: tuple[int, ...] | None = None) -> Response:
         """`parser` makes the splitter of a chat answer (content, reasoning, tool calls)."""
-        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar)
+        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar,
+                                       prompt_tokens)
         created = int(time.time())
         rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
         model = engine.info.name
@@ -386,6 +392,13 @@ def _chat_prompt(engine: Engine, messages: Sequence[dict[str, Any]],
     active = spec if spec is not None and spec.active else None
     prompt = engine.render_chat(messages, active.tools if active else ())
     return prompt, active, tools.forced_call(active)
+
+
+def _prompt_text(engine: Engine, tokens: Sequence[int]) -> str:
+    """A token-array prompt as the text `echo` shows: without the leading BOS, which
+    the prompt's logprobs leave out too (it is what the first token is scored after)."""
+    bos = engine.tokenize("", add_bos=True)
+    return engine.detokenize(tokens[1:] if bos and list(tokens[:1]) == bos else tokens)
 
 
 def _answer_schema(decoding: schemas.Decoding) -> dict[str, Any] | None:
