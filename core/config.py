@@ -47,9 +47,10 @@ class Settings:
     # Lambda (handlers/aws_lambda.py, handlers/lambda_modes.py): seconds of process age after
     # which an on-demand init returns and lets the model load on; 0 waits for the load.
     init_budget: float = 8.0                 # STRATO_INIT_BUDGET
-    # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory):
-    # None = llama.cpp's default (on); Lambda Managed Instances turn it off (README).
-    repack: bool | None = None               # STRATO_REPACK: 1/0
+    # llama.cpp's weight repacking (AVX2/NEON layouts of Q4 weights, in private memory).
+    # Off by default, unlike llama.cpp: it reads every repacked weight inside the load,
+    # so a cold build cannot finish before the last byte arrives (README, cold start).
+    repack: bool = False                     # STRATO_REPACK: 1/0
     log_level: str = "INFO"                  # STRATO_LOG_LEVEL
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -76,7 +76,7 @@ def record(done: Completed) -> None:
 def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
     """Settings, service and the default model (see the module docstring for how long
     init waits), on the loop every invocation will use."""
-    settings = lambda_env.with_mode_defaults(from_env(), MODE)
+    settings = from_env()
     lambda_env.check(settings, MODE)
     logger.info("strato init", extra={"settings": settings.public(), "mode": MODE.value})
     service = build_service(settings)

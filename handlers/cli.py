@@ -84,6 +84,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timings", action="store_true",
                    help="print the load's phase timings (process start to first token) "
                         "on stderr")
+    p.add_argument("--raw", action="store_true",
+                   help="send the prompt as-is, without the model's chat template "
+                        "(a completion, no conversation history)")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,8 +118,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                     continue
             else:
                 line = args.prompt
-            history.append({"role": "user", "content": line})
-            request = GenerationRequest(prompt=engine.render_chat(history),
+            if not args.raw:
+                history.append({"role": "user", "content": line})
+            request = GenerationRequest(prompt=line if args.raw else engine.render_chat(history),
                                         max_tokens=args.max_tokens, sampling=sampling)
             parts = []
             async for event in engine.generate(request):
@@ -127,7 +131,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
             sys.stdout.write("\n")
-            history.append({"role": "assistant", "content": "".join(parts)})
+            if not args.raw:
+                history.append({"role": "assistant", "content": "".join(parts)})
             if not interactive:
                 return 0
     finally:

@@ -21,7 +21,6 @@ the setting; template.yaml refuses the same combinations at deploy time.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 from collections.abc import Mapping
@@ -81,14 +80,6 @@ def check(settings: Settings, mode: Mode) -> None:
     found = problems(settings, mode)
     if found:
         raise BadRequest(f"settings not allowed with Lambda {mode.value}: " + "; ".join(found))
-
-
-def with_mode_defaults(settings: Settings, mode: Mode) -> Settings:
-    """Settings the mode decides when the environment left them open: Managed
-    Instances keep the weights in the shared mapping (no per-process repacked copy)."""
-    if mode is Mode.MANAGED and settings.repack is None:
-        return dataclasses.replace(settings, repack=False)
-    return settings
 
 
 def init_budget(settings: Settings, mode: Mode) -> float | None:

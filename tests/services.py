@@ -58,8 +58,8 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60
 
 
 def _start(cmd: list[str], port: int, what: str, cwd: Path | None = None,
-           ) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
+           env: dict[str, str] | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_port(port, proc, what)

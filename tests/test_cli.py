@@ -111,6 +111,19 @@ def test_run_one_prompt(gemma_path: Path) -> None:
     assert again.stdout == first.stdout  # greedy decoding is reproducible
 
 
+def test_run_raw_sends_the_prompt_without_the_chat_template(gemma_path: Path,
+                                                              engine) -> None:
+    """--raw is a completion: the same text the engine gives for the bare prompt."""
+    import asyncio
+
+    from tests.test_manager import first_tokens
+
+    out = strato("run", str(gemma_path), "The sky is", "--raw", "--max-tokens", "4",
+                 "--temperature", "0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == asyncio.run(first_tokens(engine)) + "\n"
+
+
 def test_run_and_pull_print_the_phase_timings(gemma_path: Path, tmp_path: Path) -> None:
     from core.catalog.references import parse_name_tag
     from core.catalog.registry import Registry

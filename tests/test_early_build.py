@@ -89,8 +89,11 @@ def test_cold_load_builds_behind_the_gate_and_reports_its_phases(tmp_path, gemma
     assert "llama.cpp model + context" in timings.table()
 
 
+@pytest.mark.parametrize("repack", [False, True], ids=["mapped", "repacked"])
 def test_a_chunk_corrupt_after_the_build_started_fails_the_load(tmp_path, gemma_path,
-                                                                watch, monkeypatch):
+                                                                watch, monkeypatch, repack):
+    """Both places the gate sits: after the whole build when the weights are only
+    mapped (strato's default), before the first weight copy when llama.cpp repacks."""
     registry = Registry(str(tmp_path / "registry"))
     m = registry.push(str(gemma_path), parse_name_tag("bad:1")).manifest
     blob = Path(registry.root) / m.blob_key
@@ -110,7 +113,7 @@ def test_a_chunk_corrupt_after_the_build_started_fails_the_load(tmp_path, gemma_
     monkeypatch.setattr(remote, "read_range", after_the_build_started)
 
     async def main():
-        manager = ModelManager(settings(tmp_path))
+        manager = ModelManager(settings(tmp_path, repack=repack))
         try:
             with pytest.raises(IntegrityError) as info:
                 await manager.engine("bad:1")

@@ -4,7 +4,7 @@ worker processes, each running init and polling for work, all sharing one /tmp.
 The four must fetch the model once (the disk tier's cross-process lock: one fetches,
 the others wait and open the committed blob) and hold one copy of the weights between
 them (the blob is mmapped from /tmp, so its pages are one page cache; repacking, which
-would copy weights into private memory in each process, is off in this mode). Memory is
+would copy weights into private memory in each process, is off by default). Memory is
 measured as PSS: a page shared by four processes counts a quarter in each, so the
 model mapping's PSS summed over the workers is one model, however many workers map it.
 """

@@ -72,3 +72,32 @@ def test_the_drain_runs_at_a_bounded_priority_not_sched_idle(tmp_path: Path) -> 
     (policy, nice), *_ = seen          # the first write is the drain thread's
     assert policy != os.SCHED_IDLE and nice == 10
     assert Path(tier.path(d)).read_bytes() == DATA
+
+
+def test_held_copies_write_nothing_until_released_then_copy_from_the_fast_tier(
+        tmp_path: Path) -> None:
+    """A cold load holds the copy (the model manager releases it once the engine is
+    built): while held no chunk reaches the disk writer; released, finish() copies
+    every chunk from the fast tier and commits."""
+    tier = DiskTier(tmp_path, 1 << 20)
+    d = digest(DATA)
+    written: list[int] = []
+
+    class Counted(Gated):
+        def write_at(self, offset: int, data: bytes) -> None:
+            written.append(offset)
+            self.inner.write_at(offset, data)
+
+    hold = threading.Event()
+    sink = WriteBehind(Counted(tier.begin_write(d, len(DATA)), hold), tier.name, hold=hold)
+    for off in range(0, len(DATA), 1024):
+        sink.write_at(off, DATA[off:off + 1024])
+    assert sink.skipped == 16 and written == []
+    finishing = threading.Thread(
+        target=sink.finish, args=(lambda off, n: DATA[off:off + n], d, {"source": "test"}))
+    finishing.start()
+    assert not tier.contains(d)                       # finish() waits for the release
+    hold.set()
+    finishing.join()
+    assert sorted(written) == list(range(0, len(DATA), 1024))
+    assert Path(tier.path(d)).read_bytes() == DATA

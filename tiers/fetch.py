@@ -344,7 +344,7 @@ class ChunkFetch:
             bounds = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
             with ThreadPoolExecutor(len(bounds), thread_name_prefix="strato-head") as pool:
                 pieces = list(pool.map(lambda b: remote.read_range(self.plan.url, *b), bounds))
-            raw = b"".join(pieces)
+            raw: bytes | bytearray = b"".join(pieces)
         else:
             bounds = [(lo, hi)]
             raw = remote.read_range(self.plan.url, lo, hi)

@@ -124,7 +124,8 @@ class Loader:
     def load(self, plan: BlobPlan, *, on_header: Callable[[GGUFHeader], None] | None = None,
              on_progress: Callable[[Progress], None] | None = None, promote: bool = False,
              revalidate: bool = False, targets: Sequence[str] | None = None,
-             on_early: Callable[[EarlyBlob], None] | None = None) -> ModelHandle:
+             on_early: Callable[[EarlyBlob], None] | None = None,
+             copies_after: threading.Event | None = None) -> ModelHandle:
         """Return a pinned local copy of the blob `plan` describes.
 
         Steps: resolve the digest (the plan's, or a remembered plain URI); look in every
@@ -137,6 +138,11 @@ class Loader:
         as soon as its header is verified (tiers.gate.EarlyBlob): a model can be built
         over it while the tensor bytes stream, behind the blob's gate, which this call
         opens once every chunk is verified and committed, or fails with its error.
+
+        `copies_after`, on a miss with slower tiers behind a volatile fastest one, holds
+        their write-behind copies until it is set (tiers.writebehind): the caller sets
+        it once the model it is building no longer needs the CPU, memory bandwidth and
+        page cache the copies would take from the fetch and the build.
         """
         start = time.monotonic()
         # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
@@ -152,7 +158,8 @@ class Loader:
                     return handle
             for tier in self.tiers:
                 self.stats.record("miss", tier.name)
-            return self._fetch(plan, start, on_header, on_progress, targets, on_early)
+            return self._fetch(plan, start, on_header, on_progress, targets, on_early,
+                               copies_after)
 
     def _remembered(self, url: str, revalidate: bool) -> str | None:
         digest = self.digest_for(url)
@@ -250,7 +257,8 @@ class Loader:
 
     def _fetch(self, plan: BlobPlan, start: float, on_header: Callable | None,
                on_progress: Callable | None, targets: Sequence[str] | None,
-               on_early: Callable[[EarlyBlob], None] | None = None) -> ModelHandle:
+               on_early: Callable[[EarlyBlob], None] | None = None,
+               copies_after: threading.Event | None = None) -> ModelHandle:
         """The miss path. Steps: size (plan or remote), target tiers that fit, one writer
         per tier (persistent tiers behind a volatile fastest one write behind it), the
         verified concurrent fetch, commit the fastest, persist the rest in the background.
@@ -289,7 +297,7 @@ class Loader:
                     log.warning("tier %s skipped for %s: %s", tier.name, plan.label, exc)
                     continue
                 if writers and not writers[0][0].persistent:
-                    writer = WriteBehind(writer, tier.name)
+                    writer = WriteBehind(writer, tier.name, hold=copies_after)
                 writers.append((tier, writer))
             job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
                              retries=self.retries, backoff=self.backoff,

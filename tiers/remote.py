@@ -27,7 +27,7 @@ from tiers.errors import (
     StorageError,
     TransientError,
 )
-from tiers.timing import span
+from tiers.timing import boottime, mark, span
 
 SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "http", "https", "file")
 
@@ -237,6 +237,10 @@ def info(url: str) -> RemoteInfo:
     """Size and version tag of one object (one HEAD-like call)."""
     if scheme_of(url) == "s3":
         bucket, key = _s3_split(url)
+        reader = _s3_reader()
+        if reader is not None:
+            found = reader.head(bucket, key)
+            return RemoteInfo(found.size, found.etag)
         with translated(url):
             head = _s3_client().head_object(Bucket=bucket, Key=key)
         etag = head.get("ETag")
@@ -254,7 +258,7 @@ def info(url: str) -> RemoteInfo:
     return RemoteInfo(int(size), str(etag).strip('"') if etag is not None else None)
 
 
-def read_range(url: str, start: int, end: int) -> bytes:
+def read_range(url: str, start: int, end: int) -> bytes | bytearray:
     """Bytes [start, end) of an object; fewer at end of object (the caller checks).
 
     S3 reads (ranges, `read_bytes`, `info`: everything a load does) go through
@@ -263,6 +267,8 @@ def read_range(url: str, start: int, end: int) -> bytes:
     and aiohttp. Measured on the benchmark's S3 stand-in (2 cores, 16 streams, 2.4 GB):
     1.0-1.2 GB/s and 1.1-1.3 CPU s with botocore, 0.5-0.6 GB/s and 2.1-2.3 CPU s with
     s3fs; and a cold load no longer imports s3fs, aiobotocore and aiohttp at all.
+    When the environment holds the whole S3 configuration (Lambda's case) the reads
+    skip botocore too: tiers/s3_reader.py (see `_s3_reader`).
     Writes and listings (push, `list --remote`, rm) stay on s3fs.
     """
     if scheme_of(url) == "s3":
@@ -272,19 +278,46 @@ def read_range(url: str, start: int, end: int) -> bytes:
         return fs.cat_file(path, start=start, end=end)
 
 
+_S3_READER_ENV = (*_ENV_OF["s3"], "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                  "AWS_CONFIG_FILE", "AWS_CA_BUNDLE", "AWS_USE_FIPS_ENDPOINT",
+                  "AWS_USE_DUALSTACK_ENDPOINT")
+
+
+def _s3_reader() -> Any:
+    """The SDK-free S3 reader (tiers/s3_reader.py) when the environment holds the whole
+    configuration, else None (botocore reads: `_s3_client`).
+
+    Importing botocore and creating its client cost 0.3 s and more on a cold start,
+    before the manifest GET; Lambda hands a function its credentials and region in the
+    environment, where a signature and http.client do the same reads without either.
+    Cached per configuration like the other clients; `forget_clients` drops it (and so
+    its connections)."""
+    key = ("s3-reader", _env_key(*_S3_READER_ENV))
+    with _lock:
+        if key not in _cache:
+            start = boottime()
+            from tiers import s3_reader
+
+            reader = _cache[key] = s3_reader.from_environment()
+            if reader is not None:           # else botocore's set-up is the phase
+                mark("s3 client", start)
+        return _cache[key]
+
+
 def _s3_client() -> Any:
     """One botocore S3 client per configuration (thread-safe; a connection per stream)."""
     key = ("s3-botocore", _env_key(*_ENV_OF["s3"]))
     with _lock:
         client = _cache.get(key)
         if client is None:
-            with span("import botocore"):
-                import botocore.config
-                import botocore.session
+            with span("s3 client"):
+                with span("import botocore"):
+                    import botocore.config
+                    import botocore.session
 
-            client = _cache[key] = botocore.session.get_session().create_client(
-                "s3", config=botocore.config.Config(max_pool_connections=64,
-                                                    retries={"max_attempts": 1}))
+                client = _cache[key] = botocore.session.get_session().create_client(
+                    "s3", config=botocore.config.Config(max_pool_connections=64,
+                                                        retries={"max_attempts": 1}))
     return client
 
 
@@ -293,9 +326,12 @@ def _s3_split(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_get(url: str, span: tuple[int, int] | None) -> bytes:
+def _s3_get(url: str, span: tuple[int, int] | None) -> bytes | bytearray:
     """The object, or bytes [start, end) of it, through the botocore client."""
     bucket, key = _s3_split(url)
+    reader = _s3_reader()
+    if reader is not None:
+        return reader.get(bucket, key, span)
     extra = {}
     if span is not None:
         if span[1] <= span[0]:
@@ -319,7 +355,7 @@ def _s3_get(url: str, span: tuple[int, int] | None) -> bytes:
 def read_bytes(url: str) -> bytes:
     """A whole small object (a manifest)."""
     if scheme_of(url) == "s3":
-        return _s3_get(url, None)
+        return bytes(_s3_get(url, None))
     fs, path = filesystem(url)
     with translated(url):
         return fs.cat_file(path)

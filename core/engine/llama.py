@@ -235,9 +235,12 @@ class LlamaEngine:
 
         A `parked` model of the same path and GPU layers is taken instead of loading
         the file again (only a new context is made). With `hold`, the file may still be
-        filling in: llama.cpp builds what the header describes, then calls `hold`
-        before it reads any tensor byte, and gives up if it returns False
-        (`_held_at_gate`; the caller raises the reason).
+        filling in: llama.cpp builds what the header describes, and `hold` is called
+        before anything reads a tensor byte; it returning False abandons the model
+        (the caller raises the reason). A load that copies weights (repacking, GPU
+        layers) is held before its first copy (`_held_at_gate`); one that only maps
+        them is held after the context is made, so the whole build overlaps the fetch
+        and the first decode still comes after the gate.
 
         Raises ObjectNotFound when the path does not exist, OutOfMemory when llama.cpp
         logged an allocation failure, and CorruptModel when it cannot load the bytes
@@ -248,11 +251,12 @@ class LlamaEngine:
         _init_backend()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        gate = _held_at_gate(hold) if hold is not None else None
+        # Off, the CPU weights stay in the mapping: the load reads no tensor byte.
+        mparams.use_extra_bufts = settings.repack
+        copies = settings.repack or n_gpu_layers != 0
+        gate = _held_at_gate(hold) if hold is not None and copies else None
         if gate is not None:
             mparams.progress_callback = gate       # referenced until the load returns
-        if settings.repack is not None:      # off: weights stay in the shared mapping
-            mparams.use_extra_bufts = settings.repack
         _recent.lines = []
         try:
             model = parked.take(path, n_gpu_layers) if parked is not None else None
@@ -270,6 +274,10 @@ class LlamaEngine:
                     raise load_failure(f"llama.cpp could not create a context for {path} "
                                        f"(n_ctx={n_ctx}, parallel={settings.parallel})",
                                        _recent.lines)
+                if hold is not None and gate is None and not hold():
+                    ll.llama_free(ctx)
+                    raise CorruptModel(f"{path}: its bytes failed verification after the "
+                                       "build; the model is abandoned")
             except BaseException:
                 ll.llama_model_free(model)
                 raise

@@ -124,7 +124,7 @@ def read_header(text: str, settings: Settings) -> tuple[GGUFHeader, int]:
     size = plan.size if plan.size is not None else remote.info(plan.url).size
     if plan.compression == "zstd":
         return parse_header(_zstd_reader(plan), size), size
-    return parse_header(lambda s, e: remote.read_range(plan.url, s, e), size), size
+    return parse_header(lambda s, e: bytes(remote.read_range(plan.url, s, e)), size), size
 
 
 def _zstd_reader(plan: BlobPlan) -> Callable[[int, int], bytes]:

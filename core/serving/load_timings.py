@@ -5,7 +5,8 @@ A cold start is many phases, some in sequence and some side by side (the fetch s
 while llama.cpp builds the model): each phase is kept as a span on one clock
 (tiers.timing, the clock of the process's own start), so a table of start, end and
 length shows both where the time goes and what overlapped. The process's one-off
-phases (settings, importing botocore or s3fs, and llama_cpp) belong to the first load only.
+phases (settings, setting up the S3 client, importing botocore or s3fs, and llama_cpp)
+belong to the first load only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ log = logging.getLogger("strato.models")
 # Display names and the metric label of every phase, in the order a cold start runs.
 PHASES = {
     "settings": "process start -> settings",
-    "import_botocore": "import botocore",
+    "s3_client": "S3 client (import + set-up)",
+    "import_botocore": "  of which import botocore",
     "import_s3fs": "import s3fs",
     "import_llama_cpp": "import llama_cpp",
     "manifest": "manifest",
@@ -35,7 +37,8 @@ PHASES = {
     "gate_wait": "  of which held at the tensor gate",
     "first_token": "first token",
 }
-_ONE_OFF = {"settings": "settings", "import botocore": "import_botocore",
+_ONE_OFF = {"settings": "settings", "s3 client": "s3_client",
+            "import botocore": "import_botocore",
             "import s3fs": "import_s3fs",
             "import llama_cpp": "import_llama_cpp"}
 

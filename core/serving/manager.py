@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,11 @@ class ModelManager:
 
     def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
         self.settings = settings
+        # llama_cpp (a native library, 0.15-0.35 s) is imported while the rest of the
+        # set-up and the manifest read run: a cold start's build waits for it.
+        self._importing = threading.Thread(target=_engine_class, name="strato-import",
+                                           daemon=True)
+        self._importing.start()
         self.resolver = Resolver(settings)
         self.default_model = self.resolver.default_model()
         self.loader, self.vram = build_loader(settings)
@@ -243,18 +249,12 @@ class ModelManager:
                 raise ModelUnavailable("the server is shutting down")
             start = time.monotonic()
             timings = LoadTimings(key)
-            # llama_cpp (a native library) is imported while the manifest and the
-            # first bytes are on their way, not after them.
-            importing = asyncio.ensure_future(asyncio.to_thread(_engine_class))
             with timings.timed("manifest"):
                 source = await asyncio.to_thread(self._resolve, ref)
             try:
-                try:
-                    entry = await self._load_source(key, source, timings)
-                except OutOfMemory as exc:
-                    entry = await self._load_smaller_variant(key, source, exc)
-            finally:
-                await asyncio.gather(importing, return_exceptions=True)
+                entry = await self._load_source(key, source, timings)
+            except OutOfMemory as exc:
+                entry = await self._load_smaller_variant(key, source, exc)
             if self._closed:
                 entry.engine.close()
                 if entry.handle is not None:
@@ -279,13 +279,24 @@ class ModelManager:
         engine built during the fetch (`_fetch_and_build`). The tier handle is released
         on failure."""
         timings = timings or LoadTimings(key)
+        # The copies into slower tiers wait until this load is over (built or failed):
+        # on a small function they would take the CPU the fetch and the build need.
+        copies_after = threading.Event()
+        try:
+            return await self._fetch_then_load(key, source, timings, copies_after)
+        finally:
+            copies_after.set()
+
+    async def _fetch_then_load(self, key: str, source: Source, timings: LoadTimings,
+                               copies_after: threading.Event) -> Loaded:
         handle, engine, need = None, None, 0
         if source.plan is not None:
             if self._parked and (source.digest is None
                                  or self.loader.locate(source.digest) is None):
                 # A fetch may need tier space that parked models pin: give it all back.
                 await asyncio.to_thread(self._drop_parked)
-            handle, engine, need = await self._fetch_and_build(key, source, timings)
+            handle, engine, need = await self._fetch_and_build(key, source, timings,
+                                                               copies_after)
             path, tier, size = handle.path, handle.source, handle.size
             n_layers = handle.header.block_count or 0
         else:
@@ -314,7 +325,8 @@ class ModelManager:
         return Loaded(key, engine, handle, handle.digest if handle else None, tier, 0.0,
                       need)
 
-    async def _fetch_and_build(self, key: str, source: Source, timings: LoadTimings
+    async def _fetch_and_build(self, key: str, source: Source, timings: LoadTimings,
+                               copies_after: threading.Event
                                ) -> tuple[ModelHandle, LlamaEngine | None, int]:
         """The loader's fetch, and beside it the llama.cpp build when the blob streams
         into the RAM tier: (handle, engine or None, footprint).
@@ -341,7 +353,8 @@ class ModelManager:
 
         fetch = asyncio.ensure_future(asyncio.to_thread(
             self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
-            on_progress=lambda p: self._on_progress(key, p), on_early=on_early))
+            on_progress=lambda p: self._on_progress(key, p), on_early=on_early,
+            copies_after=copies_after))
         either: list[asyncio.Future[Any]] = [fetch, offered]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not offered.done():
