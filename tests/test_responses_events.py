@@ -73,6 +73,7 @@ def test_options_map_onto_the_chat_decoding():
      "input[0].output"),
     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": ["user"], "content": "x"}]}, "input[0].role"),
     ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
     ({"input": "x", "tools": [{"type": "function", "name": "a b"}]}, "tools[0].name"),
     ({"input": "x", "tools": [{"type": "function", "name": "f",

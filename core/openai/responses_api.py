@@ -174,7 +174,7 @@ def _input(raw: Any) -> tuple[dict[str, Any], ...]:
             else type(item).__name__
         if kind == "message":
             role = item.get("role")
-            if role not in INPUT_ROLES:
+            if not isinstance(role, str) or role not in INPUT_ROLES:  # [] is unhashable
                 raise BadRequest(f"{param}.role must be one of {sorted(INPUT_ROLES)}, got "
                                  f"{role!r}", param=f"{param}.role")
             messages.append({"role": role, "content": _content(item.get("content"), param)})
