@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -259,3 +260,48 @@ def test_text_then_a_streamed_call_as_openai_sends_them():
         "role": "assistant", "content": "Let me check.\n", "tool_calls": [
             {"id": call["call_id"], "type": "function",
              "function": {"name": "get_weather", "arguments": call["arguments"]}}]}
+
+
+def test_any_body_parses_or_is_a_400():
+    """Odd input items, tools and tool choices never escape parse as anything but a
+    BadRequest (a 400 with `param`): what reaches the handler is well formed."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=6)
+    any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                            max_leaves=8)
+    odd = scalars | any_json
+
+    def item(kind: str) -> st.SearchStrategy[Any]:
+        return st.fixed_dictionaries({"type": st.just(kind)}, optional={
+            "role": st.sampled_from(["user", "assistant", "tool"]) | odd,
+            "content": odd | st.lists(st.fixed_dictionaries(
+                {"type": st.sampled_from(["input_text", "output_text"]) | odd,
+                 "text": odd}), max_size=2),
+            "call_id": odd, "name": st.sampled_from(["get_weather"]) | odd,
+            "arguments": odd, "output": odd})
+
+    items = st.sampled_from(["message", "function_call", "function_call_output",
+                             "reasoning"]).flatmap(item) | odd
+    tools_ = st.lists(st.fixed_dictionaries({"type": st.just("function") | odd}, optional={
+        "name": st.just("get_weather") | odd, "description": odd, "strict": odd,
+        "parameters": st.just(WEATHER["parameters"]) | odd}), max_size=2) | odd
+    bodies = st.fixed_dictionaries({"input": st.lists(items, max_size=4) | odd}, optional={
+        "tools": tools_, "parallel_tool_calls": odd,
+        "tool_choice": st.sampled_from(["none", "auto", "required"])
+        | st.fixed_dictionaries({"type": st.just("function"),
+                                 "name": st.just("get_weather") | odd}) | odd})
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def run(body: dict) -> None:
+        try:
+            req = parse(body, max_tokens_limit=LIMIT)
+        except BadRequest as exc:
+            assert exc.param
+            return
+        check(response_object(Draft(req, "gemma")), "Response")
+
+    run()
