@@ -24,7 +24,8 @@ and the arguments parse and validate on any model; `auto` lets the model choose,
 of the prompt and the output unparsed.
 
 The Responses API's function tools are flat (`{"type": "function", "name", ...}`);
-`parse_tool(..., flat=True)` reads that shape into the same `Tool`.
+`parse_tool_spec(body, flat=True)` reads them (and a flat named `tool_choice`) into
+the same `ToolSpec`, so /v1/responses shares everything below.
 """
 
 from __future__ import annotations
