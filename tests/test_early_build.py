@@ -132,3 +132,35 @@ def test_a_chunk_corrupt_after_the_build_started_fails_the_load(tmp_path, gemma_
     assert watch.answers[0] is False                   # the gate refused the bytes
     assert isinstance(watch.errors[0], CorruptModel)   # llama.cpp abandoned the build
     assert watch.answers[1:] == [True]
+
+
+def test_the_disk_copy_waits_for_the_first_answer(tmp_path, gemma_path):
+    """A cold load into RAM with a disk tier behind it: no byte is copied to disk while
+    the engine is built and answers its first request; the copy runs after it."""
+    Registry(str(tmp_path / "registry")).push(str(gemma_path), parse_name_tag("g:1"))
+
+    async def main():
+        manager = ModelManager(settings(tmp_path))
+        try:
+            engine = await manager.engine("g:1")
+            ram, disk = manager.loader.tiers
+            (loaded,) = manager.cache_report()["loaded"]
+            digest = loaded["digest"]
+            assert ram.contains(digest) and not disk.contains(digest)
+            partials = list(Path(disk.root).rglob("*.partial"))
+            assert all(p.stat().st_blocks == 0 or _all_zero(p) for p in partials)
+            assert await first_tokens(engine)            # the first request ends ...
+            await asyncio.to_thread(manager.loader.flush, HANG_GUARD)   # ... the copy runs
+            assert disk.contains(digest)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def _all_zero(path: Path) -> bool:
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            if block.count(0) != len(block):
+                return False
+    return True

@@ -107,6 +107,7 @@ class ModelManager:
         self._parked: dict[str, _Parked] = {}     # by digest, oldest first
         self.timings: dict[str, LoadTimings] = {}  # the last load of each model
         self._load_lock: asyncio.Lock | None = None
+        self._held_copies: list[threading.Event] = []   # see _load_source
         self._idle: asyncio.Event | None = None
         self._closed = False
 
@@ -197,6 +198,9 @@ class ModelManager:
         On on-demand Lambda nothing runs between invokes (the environment is frozen),
         so the handler calls this before the invoke that loaded a model returns: the
         EFS copy promised to the next instance is finished inside that invoke."""
+        for held in self._held_copies:
+            held.set()
+        self._held_copies.clear()
         await asyncio.to_thread(self.loader.flush, timeout)
 
     # -- loading --------------------------------------------------------------------
@@ -279,13 +283,19 @@ class ModelManager:
         engine built during the fetch (`_fetch_and_build`). The tier handle is released
         on failure."""
         timings = timings or LoadTimings(key)
-        # The copies into slower tiers wait until this load is over (built or failed):
-        # on a small function they would take the CPU the fetch and the build need.
+        # The copies into slower tiers wait until the engine's first request has ended
+        # (or the load failed, or finish_copies): on a small function they would take
+        # the CPU, memory bandwidth and page cache that the fetch, the build and the
+        # first answer need.
         copies_after = threading.Event()
+        self._held_copies = [e for e in self._held_copies if not e.is_set()] + [copies_after]
         try:
-            return await self._fetch_then_load(key, source, timings, copies_after)
-        finally:
+            loaded = await self._fetch_then_load(key, source, timings, copies_after)
+        except BaseException:
             copies_after.set()
+            raise
+        loaded.copies_after = copies_after
+        return loaded
 
     async def _fetch_then_load(self, key: str, source: Source, timings: LoadTimings,
                                copies_after: threading.Event) -> Loaded:

@@ -12,6 +12,7 @@ in the way, the new load waits for one to go idle.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class Loaded:
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0
     variant: str | None = None   # the smaller variant's tag serving `key` after an OOM
+    # Set when the engine's first request ends: the copies into slower tiers that its
+    # load started wait for that, so they do not slow the cold start's first answer.
+    copies_after: threading.Event | None = None
 
 
 class TrackedEngine:
@@ -172,6 +176,8 @@ class TrackedEngine:
         self._entry.active -= 1
         self._entry.last_used = time.monotonic()
         if self._entry.active == 0:
+            if self._entry.copies_after is not None:
+                self._entry.copies_after.set()
             self._on_idle()
 
     def __getattr__(self, name: str) -> Any:
