@@ -15,6 +15,9 @@ store's page cache. Timed from `Popen` to the first byte of the token on stdout:
 
 and the floor, measured in the same rounds: process start + max(fetch of the bytes at
 strato's stream count, import llama_cpp + `Llama()` on a page-cached file) + first token.
+The floor's fetch is the memfd path's client (boto3, a thread per stream, 8 MiB ranges,
+bytes discarded), the fastest here: s3fs, used before, took twice as long on two cores.
+`Llama()` is llama-cpp-python's default (repacking on), as in the two peers.
 
 Two models: the bundled Gemma 3 270M (253 MB) and a Gemma-3-4B-shaped Q4_K file with
 random weights (~2.4 GB, bench/synthetic_gguf.py, cached under --cache). Rounds
@@ -107,17 +110,22 @@ print(json.dumps({"import boto3": t1 - t0, "ranged GETs into memfd": t2 - t1,
 
 FLOOR_FETCH = """
 import json, sys, time
-import s3fs
-fs = s3fs.S3FileSystem(skip_instance_cache=True)
-path, size, streams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fs.info(path)                       # the connection pool and credentials are set up
-per = -(-size // streams)
-starts = list(range(0, size, per))
+from concurrent.futures import ThreadPoolExecutor
+import boto3, botocore.config
+bucket, key, size, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s3 = boto3.client("s3", config=botocore.config.Config(max_pool_connections=streams))
+s3.head_object(Bucket=bucket, Key=key)     # the connection pool and credentials are set up
+part = 8 << 20
+
+def get(offset):
+    end = min(offset + part, size) - 1
+    return len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")["Body"].read())
+
 t0 = time.monotonic()
-parts = fs.cat_ranges([path] * len(starts), starts, [min(s + per, size) for s in starts],
-                      batch_size=streams)
+with ThreadPoolExecutor(streams) as pool:
+    got = sum(pool.map(get, range(0, size, part)))
 seconds = time.monotonic() - t0
-assert sum(len(p) for p in parts) == size
+assert got == size
 print(json.dumps({"fetch": seconds}), flush=True)
 """
 
@@ -232,7 +240,7 @@ class Bench:
 
     def floor(self, model: Model) -> Run:
         start, _, _ = first_output([self.py, "-c", "print(1, flush=True)"], self.env)
-        _, out, _ = first_output([self.py, "-c", FLOOR_FETCH, f"{BUCKET}/{model.key}",
+        _, out, _ = first_output([self.py, "-c", FLOOR_FETCH, BUCKET, model.key,
                                   str(model.size), str(self.streams(model))], self.env)
         fetch = json.loads(out)["fetch"]
         with open(model.file, "rb") as f:                 # page-cached, as after a fetch

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from starlette.routing import Route
 from core import metrics
 from core.config import Settings, from_env
 from core.errors import BadRequest, ConfigError, ContextOverflow, ModelUnavailable, StratoError
-from core.openai import responses, responses_api, schemas, tokenize, tools
+from core.openai import responses, responses_api, responses_events, schemas, tokenize, tools
 from core.openai.tool_output import OutputParser, collect, prompt_opens_think
 from core.serving import Engine, GenerationRequest, ModelService, TokenEvent, TokenLogprob
 from handlers.asgi import (
@@ -103,9 +103,7 @@ class Api:
         body = schemas.parse_chat(await read_json(request, self.settings.max_body),
                                   max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        spec = body.tools if body.tools is not None and body.tools.active else None
-        prompt = engine.render_chat(body.messages, spec.tools if spec else ())
-        forced = tools.forced_call(spec)
+        prompt, spec, forced = _chat_prompt(engine, body.messages, body.tools)
 
         def parser() -> OutputParser:  # one per answer: each of the n is split alone
             return OutputParser(spec.names() if spec else None,
@@ -115,15 +113,18 @@ class Api:
         return await self._generate(request, "chat", engine,
                                     prompt + (forced.prefix if forced else ""),
                                     body.decoding, arrived, echo="", parser=parser,
-                                    tool_grammar=forced.grammar if forced else None)
+                                    tool_grammar=tools.turn_grammar(
+                                        spec, forced, _answer_schema(body.decoding)))
 
     async def completions(self, request: Request) -> Response:
         arrived = time.perf_counter()
         body = schemas.parse_completion(await read_json(request, self.settings.max_body),
                                         max_tokens_limit=self.settings.max_tokens_limit)
         engine = await unless_disconnected(request, self.service.engine(body.model))
+        echo = "" if not body.echo else body.prompt if body.tokens is None \
+            else _prompt_text(engine, body.tokens)
         return await self._generate(request, "text", engine, body.prompt, body.decoding,
-                                    arrived, echo=body.prompt if body.echo else "")
+                                    arrived, echo=echo, prompt_tokens=body.tokens)
 
     async def embeddings(self, request: Request) -> Response:
         body = schemas.parse_embeddings(await read_json(request, self.settings.max_body))
@@ -152,24 +153,30 @@ class Api:
                                    max_tokens_limit=self.settings.max_tokens_limit)
         history = self.responses.history(body.previous_response_id)
         engine = await unless_disconnected(request, self.service.engine(body.model))
-        prompt = engine.render_chat(body.messages(history))
-        gen, first = await self._start(request, "chat", engine, prompt, body.decoding)
+        prompt, spec, forced = _chat_prompt(engine, body.messages(history), body.tools)
+        prefix = forced.prefix if forced else ""
+        gen, first = await self._start(
+            request, "chat", engine, prompt + prefix, body.decoding,
+            tools.turn_grammar(spec, forced, _answer_schema(body.decoding)))
         ttft = time.perf_counter() - arrived
         draft = responses_api.Draft(body, engine.info.name)
+        parser = OutputParser(spec.names(), prefix=prefix, reasoning=False) if spec else None
+        writer = responses_events.EventWriter(draft, parser, encode=body.decoding.stream)
+        events = self._response_events(writer, gen, first, history, ttft)
         if body.decoding.stream:
-            return EventStream(self._response_events(draft, gen, first, history, ttft),
-                               headers={"Cache-Control": "no-cache",
-                                        "X-Accel-Buffering": "no"})
+            return EventStream(events, headers={"Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+
+        async def drain() -> None:  # the same writer, silent: the same output items
+            async for _ in events:
+                pass
+
         try:
-            answer = await unless_disconnected(request, _collect(gen, first))
+            await unless_disconnected(request, drain())
         finally:
+            await events.aclose()
             await gen.aclose()
-        text, last = "".join(answer.texts[0]), answer.lasts[0]
-        final = responses_api.response_object(draft, text, last, answer.logprobs[0])
-        self.responses.put(body, final, text, history)
-        self._observe("responses", draft.model, ttft,
-                      responses.usage(last.prompt_tokens, last.completion_tokens))
-        return JSONResponse(final)
+        return JSONResponse(writer.final)
 
     async def get_response(self, request: Request) -> Response:
         return JSONResponse(self.responses.get(request.path_params["id"]))
@@ -180,10 +187,11 @@ class Api:
         return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
 
     async def _start(self, request: Request, kind: str, engine: Engine, prompt: str,
-                     decoding: schemas.Decoding, tool_grammar: str | None = None
+                     decoding: schemas.Decoding, tool_grammar: str | None = None,
+                     prompt_tokens: tuple[int, ...] | None = None
                      ) -> tuple[AsyncGenerator[TokenEvent, None], TokenEvent]:
-        """Submit one generation and wait for its first event; a forced tool call's
-        grammar takes the place of response_format's.
+        """Submit one generation and wait for its first event; a tool turn's grammar
+        (core.openai.tools.turn_grammar) takes the place of response_format's.
 
         Admission (queue full, context overflow) happens before the first event:
         waiting for it here turns those into real HTTP statuses, not a broken 200.
@@ -192,7 +200,8 @@ class Api:
             prompt=prompt, max_tokens=self._max_tokens(engine, prompt, decoding),
             sampling=decoding.sampling, stop=decoding.stop,
             grammar=tool_grammar or _grammar(decoding), n=decoding.n,
-            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs))
+            logprobs=decoding.logprobs, prompt_logprobs=decoding.prompt_logprobs,
+            prompt_tokens=prompt_tokens))
         try:
             first = await unless_disconnected(request, gen.__anext__())
         except BaseException as exc:
@@ -205,9 +214,11 @@ class Api:
     async def _generate(self, request: Request, kind: str, engine: Engine, prompt: str,
                         decoding: schemas.Decoding, arrived: float, echo: str,
                         parser: Callable[[], OutputParser] | None = None,
-                        tool_grammar: str | None = None) -> Response:
+                        tool_grammar: str | None = None,
+                        prompt_tokens: tuple[int, ...] | None = None) -> Response:
         """`parser` makes the splitter of a chat answer (content, reasoning, tool calls)."""
-        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar)
+        gen, first = await self._start(request, kind, engine, prompt, decoding, tool_grammar,
+                                       prompt_tokens)
         created = int(time.time())
         rid = responses.new_id("chatcmpl" if kind == "chat" else "cmpl")
         model = engine.info.name
@@ -282,35 +293,37 @@ class Api:
         finally:
             await gen.aclose()
 
-    async def _response_events(self, draft: responses_api.Draft,
+    async def _response_events(self, writer: responses_events.EventWriter,
                                gen: AsyncGenerator[TokenEvent, None], event: TokenEvent,
                                history: tuple[dict[str, Any], ...],
-                               ttft: float) -> AsyncIterator[bytes]:
-        """The Responses event stream; the finished response is stored before the last
-        event goes out, so a client that reads `response.completed` can chain on it."""
-        writer = responses_api.EventWriter(draft)
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
+                               ttft: float) -> AsyncGenerator[bytes, None]:
+        """One response through its writer: the Responses event stream (nothing but
+        `writer.final` when the writer is silent, and errors raised, not sent). The
+        finished response is stored before the last event goes out, so a client that
+        reads `response.completed` can chain on it."""
+        draft = writer.draft
         try:
             yield writer.opening()
             while True:
-                if event.text or event.logprobs:
-                    parts.append(event.text)
-                    logprobs.extend(event.logprobs)
-                    yield writer.delta(event.text, event.logprobs)
+                chunk = writer.tokens(event)
+                if chunk:
+                    yield chunk
                 if event.finish_reason is not None:
                     break
                 event = await gen.__anext__()
-            text = "".join(parts)
-            tail, final = writer.closing(text, event, logprobs)
-            self.responses.put(draft.request, final, text, history)
+            tail, final = writer.closing(event)
+            self.responses.put(draft.request, final, history)
             yield tail
             self._observe("responses", draft.model, ttft,
                           responses.usage(event.prompt_tokens, event.completion_tokens))
         except StopAsyncIteration:
             log.error("engine stream ended without a finish event")
+            if not writer.encode:
+                raise RuntimeError("stream ended early") from None
             yield writer.error(responses.error_body(RuntimeError("stream ended early"))[1])
         except (StratoError, StorageError) as exc:
+            if not writer.encode:
+                raise
             yield writer.error(responses.error_body(exc)[1])
         finally:
             await gen.aclose()
@@ -369,6 +382,32 @@ async def _collect(gen: AsyncIterator[TokenEvent], first: TokenEvent, n: int = 1
             if not open_answers:
                 return answers
         event = await gen.__anext__()
+
+
+def _chat_prompt(engine: Engine, messages: Sequence[dict[str, Any]],
+                 spec: tools.ToolSpec | None
+                 ) -> tuple[str, tools.ToolSpec | None, tools.ForcedCall | None]:
+    """A chat turn's prompt, its tools when they are active (None with `none` or no
+    tools) and, when a call is forced, the call's prefix and grammar."""
+    active = spec if spec is not None and spec.active else None
+    prompt = engine.render_chat(messages, active.tools if active else ())
+    return prompt, active, tools.forced_call(active)
+
+
+def _prompt_text(engine: Engine, tokens: Sequence[int]) -> str:
+    """A token-array prompt as the text `echo` shows: without the leading BOS, which
+    the prompt's logprobs leave out too (it is what the first token is scored after)."""
+    bos = engine.tokenize("", add_bos=True)
+    return engine.detokenize(tokens[1:] if bos and list(tokens[:1]) == bos else tokens)
+
+
+def _answer_schema(decoding: schemas.Decoding) -> dict[str, Any] | None:
+    """response_format as the JSON schema of a text answer (None: free text)."""
+    fmt = decoding.response_format
+    if fmt is None:
+        return None
+    return dict(fmt.schema or {}) if fmt.type == "json_schema" and fmt.schema \
+        else {"type": "object"}
 
 
 def _grammar(decoding: schemas.Decoding) -> str | None:

@@ -57,3 +57,7 @@ def test_langchain_structured_output_and_bind_tools(target: tuple[str, str]) -> 
 
 def test_agents_sdk_calls_its_function_tool(target: tuple[str, str]) -> None:
     assert run("agents_sdk.py", target).startswith("chat 21 C in ")
+
+
+def test_agents_sdk_over_the_responses_api(target: tuple[str, str]) -> None:
+    assert run("agents_sdk.py", target, "responses").startswith("responses 21 C in ")

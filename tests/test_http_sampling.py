@@ -201,3 +201,25 @@ def test_n_answers_each_get_their_own_tool_call(client: openai.OpenAI, model: st
     named = {c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.tool_calls
              and c.choices[0].delta.tool_calls[0].function.name}
     assert named == {0, 1}  # each answer streams its own call
+
+
+def test_token_array_prompts(client: openai.OpenAI, server: Server, model: str) -> None:
+    """A prompt of token ids (as /tokenize gives them, BOS included) is the same prompt
+    as its text, as it is or in a list of one; echo shows it as text, BOS left out."""
+    ids = httpx.post(f"{server.url}/tokenize", json={"content": COUNTING, "add_special": True},
+                     headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+                     ).json()["tokens"]
+    text = client.completions.create(model=model, prompt=COUNTING, max_tokens=4,
+                                     temperature=0, logprobs=1, echo=True)
+    for form in (ids, [ids]):
+        out = client.completions.with_raw_response.create(
+            model=model, prompt=form, max_tokens=4, temperature=0, logprobs=1, echo=True
+        ).http_response.json()
+        check(out, "CreateCompletionResponse")
+        assert out["choices"][0]["text"] == text.choices[0].text
+        assert out["usage"]["prompt_tokens"] == text.usage.prompt_tokens == len(ids)
+        assert out["choices"][0]["logprobs"]["tokens"] == text.choices[0].logprobs.tokens
+    for bad in ([[1], [2]], [10**9], []):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=model, prompt=bad, max_tokens=1)
+        assert info.value.body["param"] == "prompt"

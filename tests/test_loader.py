@@ -192,3 +192,44 @@ def test_chunks_are_coalesced_into_one_read_per_stream_with_the_header_first():
     assert plan_runs([4], 16, 4) == [[4]] and plan_runs([], 16, 4) == []
     # A header over three chunks is one read of its own, ahead of the layers.
     assert plan_runs(list(range(9)), 2, 8, head=3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_bulk_reads_wait_for_bulk_after(model: bytes, tmp_path: Path, http_root,
+                                        monkeypatch) -> None:
+    """`bulk_after` (a cold start's llama_cpp import) holds every read after the
+    header's: the early build is offered on the header alone, the rest follows once the
+    event is set, and the blob is whole."""
+    import threading
+
+    from tiers import remote
+
+    (http_root.directory / "m.gguf").write_bytes(model)
+    plan = plan_for(f"{http_root.url}/m.gguf", model, CHUNK)
+    head_bytes = plan.header_chunks * CHUNK
+    reads: list[tuple[int, int]] = []
+    read_range = remote.read_range
+
+    def counted(url: str, start: int, end: int) -> bytes:
+        reads.append((start, end))
+        return read_range(url, start, end)
+
+    monkeypatch.setattr(remote, "read_range", counted)
+    reached = threading.Event()
+
+    class Bulk(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            reached.set()
+            return super().wait(timeout)
+
+    bulk, offered = Bulk(), threading.Event()
+    result: list = []
+    loader = Loader(tiers_in(tmp_path), streams=4)
+    thread = threading.Thread(target=lambda: result.append(loader.load(
+        plan, bulk_after=bulk, on_early=lambda blob: (offered.set(), blob.close()))))
+    thread.start()
+    assert reached.wait(60) and offered.is_set()
+    assert reads and all(end <= head_bytes for _, end in reads)   # the header's only
+    bulk.set()
+    thread.join(60)
+    assert Path(result[0].path).read_bytes() == model
+    assert max(end for _, end in reads) == len(model)

@@ -13,6 +13,13 @@ import pytest
 from tests.http_server import API_KEY, COUNTING, Server, client, model, server  # noqa: F401 (fixture)
 from tests.openapi_check import EVENT_SCHEMAS, check
 
+PARAMS = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+          "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Tokyo"]},
+                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}
+TOOL = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
+        "parameters": PARAMS, "strict": True}
+ASK = "What is the weather like in Paris today?"
+
 
 def create_raw(client: openai.OpenAI, **kwargs: object) -> dict:
     """A non-streamed create through the official client; its raw body, schema-checked."""
@@ -147,8 +154,14 @@ def test_text_format_json_schema(client: openai.OpenAI, model: str) -> None:
 
 @pytest.mark.parametrize("body,param", [
     ({"input": []}, "input"),
-    ({"input": [{"type": "function_call_output", "call_id": "x", "output": "1"}]},
-     "input[0]"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
+    ({"input": "hi", "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "tools[0].name"),  # chat's nested shape is not the Responses API's
+    ({"input": "hi", "tools": [{"type": "function", "name": "f",
+                                "parameters": {"type": "object", "required": "x"}}]},
+     "tools[0].parameters"),
+    ({"input": "hi", "tools": [TOOL], "tool_choice": {"type": "function", "name": "g"}},
+     "tool_choice"),
     ({"input": [{"role": "user", "content": [{"type": "input_image",
                                               "image_url": "x"}]}]}, "input[0].content[0]"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
@@ -175,3 +188,91 @@ def test_logprobs_through_include(client: openai.OpenAI, model: str) -> None:
     streamed = [lp for e in client.responses.create(**args, stream=True)
                 if e.type == "response.output_text.delta" for lp in e.logprobs]
     assert [lp.token for lp in streamed] == [lp["token"] for lp in part["logprobs"]]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "get_weather"}])
+def test_forced_function_call(client: openai.OpenAI, server: Server, model: str,
+                              choice: object) -> None:
+    """A forced call is grammar-constrained (Gemma knows no tools): one function_call
+    item whose arguments validate, the same streamed (events checked off the wire)."""
+    args = {"model": model, "input": ASK, "tools": [TOOL], "tool_choice": choice,
+            "parallel_tool_calls": False, "max_output_tokens": 40, "temperature": 0}
+    body = create_raw(client, **args)
+    assert body["status"] == "completed" and body["tool_choice"] == choice
+    assert body["tools"] == [TOOL] and body["parallel_tool_calls"] is False
+    [call] = body["output"]
+    assert call["type"] == "function_call" and call["name"] == "get_weather"
+    assert call["status"] == "completed" and call["call_id"].startswith("call_")
+    jsonschema.validate(json.loads(call["arguments"]), PARAMS)
+    events = raw_events(server, args)
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.function_call_arguments.delta")
+    assert deltas > 0
+    assert kinds == ["response.created", "response.in_progress",
+                     "response.output_item.added"] \
+        + ["response.function_call_arguments.delta"] * deltas \
+        + ["response.function_call_arguments.done", "response.output_item.done",
+           "response.completed"]
+    added, done = events[2]["item"], events[-2]["item"]
+    assert added["type"] == "function_call" and added["arguments"] == ""
+    assert "".join(e["delta"] for e in events[3:3 + deltas]) == call["arguments"] \
+        == events[-3]["arguments"] == done["arguments"]  # greedy: the same call
+    assert done["id"] == added["id"] and done["status"] == "completed"
+    # Through the client's own stream accumulator.
+    streamed = list(client.responses.create(**args, stream=True))
+    final = streamed[-1].response
+    assert final.output[0].type == "function_call"
+    assert final.output[0].arguments == call["arguments"]
+
+
+def test_function_call_round_trip(client: openai.OpenAI, model: str) -> None:
+    """The call's result goes back as a function_call_output item, by
+    previous_response_id or with the call spelled out in `input`: the same prompt."""
+    first = client.responses.create(model=model, input=ASK, tools=[TOOL],
+                                    tool_choice="required", parallel_tool_calls=False,
+                                    max_output_tokens=40, temperature=0)
+    [call] = first.output
+    result = {"type": "function_call_output", "call_id": call.call_id,
+              "output": json.dumps({"temperature": 21, "unit": "celsius"})}
+    chained = client.responses.create(model=model, previous_response_id=first.id,
+                                      input=[result], tools=[TOOL], max_output_tokens=12,
+                                      temperature=0)
+    spelled = client.responses.create(
+        model=model, tools=[TOOL], max_output_tokens=12, temperature=0,
+        input=[{"role": "user", "content": ASK},
+               {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                "arguments": call.arguments}, result])
+    assert chained.status in ("completed", "incomplete")
+    assert chained.usage.input_tokens == spelled.usage.input_tokens
+    assert chained.usage.input_tokens > first.usage.input_tokens
+    assert [o.type for o in chained.output] == [o.type for o in spelled.output]
+    assert chained.output_text == spelled.output_text
+
+
+def test_tool_choice_none_and_auto_answer_in_the_response_shape(client: openai.OpenAI,
+                                                                 model: str) -> None:
+    for choice in ("none", "auto"):
+        body = create_raw(client, model=model, input=ASK, tools=[TOOL], tool_choice=choice,
+                          max_output_tokens=24, temperature=0)
+        assert body["tool_choice"] == choice and body["output"]
+        for item in body["output"]:  # text, a parsed call, or both
+            if item["type"] == "function_call":
+                assert choice == "auto" and item["name"] == "get_weather"
+                if item["status"] == "completed":  # not cut by max_output_tokens
+                    json.loads(item["arguments"])
+            else:
+                assert item["type"] == "message"
+
+
+def test_forced_call_wins_over_text_format(client: openai.OpenAI, model: str) -> None:
+    """text.format shapes a text answer; a forced call has none (README, "Tool calls")."""
+    colour = {"type": "object", "required": ["colour"],
+              "properties": {"colour": {"type": "string", "maxLength": 16}}}
+    body = create_raw(client, model=model, input=ASK, tools=[TOOL],
+                      tool_choice={"type": "function", "name": "get_weather"},
+                      max_output_tokens=40, temperature=0,
+                      text={"format": {"type": "json_schema", "name": "colour",
+                                       "schema": colour}})
+    [call] = body["output"]
+    assert call["type"] == "function_call" and body["text"]["format"]["name"] == "colour"
+    jsonschema.validate(json.loads(call["arguments"]), PARAMS)

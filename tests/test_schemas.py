@@ -201,7 +201,10 @@ def test_completion_prompt_forms_and_default_length():
     assert req.prompt == "Once" and req.decoding.max_tokens == 16 and not req.echo
     assert parse_completion({"prompt": ["Once"], "echo": True},
                             max_tokens_limit=LIMIT).echo
-    for bad in (None, 5, ["a", "b"], [1, 2, 3]):
+    for form in ([1, 2, 3], [[1, 2, 3]]):  # token ids, as they are or in a list of one
+        req = parse_completion({"prompt": form}, max_tokens_limit=LIMIT)
+        assert req.tokens == (1, 2, 3) and req.prompt == ""
+    for bad in (None, 5, ["a", "b"], [[1], [2]], [], [[]], [1, -2], [1, True], [[1, "a"]]):
         assert refused(parse_completion, {"prompt": bad},
                        max_tokens_limit=LIMIT).param == "prompt"
     assert refused(parse_completion, {}, max_tokens_limit=LIMIT).param == "prompt"

@@ -100,12 +100,14 @@ class ChunkFetch:
     def __init__(self, plan: BlobPlan, size: int, writers: Sequence[TierWriter], *,
                  streams: int, retries: int, backoff: float, on_header: Callable | None,
                  on_head: Callable[[], None] | None = None,
-                 on_progress: Callable | None, start: float) -> None:
+                 on_progress: Callable | None, start: float,
+                 bulk_after: threading.Event | None = None) -> None:
         self.plan, self.size, self.writers = plan, size, list(writers)
         self.streams = streams_for(size, streams)
         self.retries, self.backoff = retries, backoff
         self.on_header, self.on_progress, self.start = on_header, on_progress, start
         self.on_head = on_head       # the header's chunks are verified (before parsing)
+        self.bulk_after = bulk_after  # the reads after the header's wait for it
         self.n = n_chunks(size, plan.chunk_size)
         self.stop = threading.Event()
         self.landed = [False] * self.n
@@ -147,10 +149,11 @@ class ChunkFetch:
                             self.landed[index] = True
                             self.done_bytes += _length(index, self.size,
                                                        self.plan.chunk_size)
+                    self._advance()         # the header's chunks: the build can start
                     if later:
+                        self._wait_for_bulk()
                         pending |= {pool.submit(self._run, run) for run in later}
                         later = []
-                    self._advance()
                     self._report(Progress(self.plan.label, self.done_bytes, self.size,
                                           time.monotonic() - self.start))
             except BaseException:
@@ -165,6 +168,16 @@ class ChunkFetch:
             self._verify_whole(digest)
         self.stats.finished = boottime()
         return self.header, digest
+
+    def _wait_for_bulk(self) -> None:
+        """Hold the reads after the header's until `bulk_after` is set (a cold start's
+        llama_cpp import: 16 streams' reads, each taking the GIL for every buffer they
+        receive, made a 0.2 s import take 0.7 s, and the model build waits for it)."""
+        if self.bulk_after is None:
+            return
+        while not self.bulk_after.wait(0.05):
+            if self.stop.is_set():
+                raise SourceUnavailable("load cancelled")
 
     def _count(self, **add: float) -> None:
         """Add to the fetch's counters from any fetch thread."""

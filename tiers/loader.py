@@ -125,7 +125,8 @@ class Loader:
              on_progress: Callable[[Progress], None] | None = None, promote: bool = False,
              revalidate: bool = False, targets: Sequence[str] | None = None,
              on_early: Callable[[EarlyBlob], None] | None = None,
-             copies_after: threading.Event | None = None) -> ModelHandle:
+             copies_after: threading.Event | None = None,
+             bulk_after: threading.Event | None = None) -> ModelHandle:
         """Return a pinned local copy of the blob `plan` describes.
 
         Steps: resolve the digest (the plan's, or a remembered plain URI); look in every
@@ -142,7 +143,8 @@ class Loader:
         `copies_after`, on a miss with slower tiers behind a volatile fastest one, holds
         their write-behind copies until it is set (tiers.writebehind): the caller sets
         it once the model it is building no longer needs the CPU, memory bandwidth and
-        page cache the copies would take from the fetch and the build.
+        page cache the copies would take from the fetch and the build. `bulk_after`, on a
+        miss, holds the reads after the header's until it is set (tiers.fetch).
         """
         start = time.monotonic()
         # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
@@ -159,7 +161,7 @@ class Loader:
             for tier in self.tiers:
                 self.stats.record("miss", tier.name)
             return self._fetch(plan, start, on_header, on_progress, targets, on_early,
-                               copies_after)
+                               copies_after, bulk_after)
 
     def _remembered(self, url: str, revalidate: bool) -> str | None:
         digest = self.digest_for(url)
@@ -258,7 +260,8 @@ class Loader:
     def _fetch(self, plan: BlobPlan, start: float, on_header: Callable | None,
                on_progress: Callable | None, targets: Sequence[str] | None,
                on_early: Callable[[EarlyBlob], None] | None = None,
-               copies_after: threading.Event | None = None) -> ModelHandle:
+               copies_after: threading.Event | None = None,
+               bulk_after: threading.Event | None = None) -> ModelHandle:
         """The miss path. Steps: size (plan or remote), target tiers that fit, one writer
         per tier (persistent tiers behind a volatile fastest one write behind it), the
         verified concurrent fetch, commit the fastest, persist the rest in the background.
@@ -302,7 +305,7 @@ class Loader:
             job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
                              retries=self.retries, backoff=self.backoff,
                              on_header=header_seen, on_progress=on_progress, start=start,
-                             on_head=lambda: offer_early(None))
+                             on_head=lambda: offer_early(None), bulk_after=bulk_after)
             header, digest = job.run()
             self._headers[digest] = header
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,

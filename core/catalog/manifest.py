@@ -24,12 +24,12 @@ Schema v1 (JSON, validated with `SCHEMA` on every load):
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
+from core.catalog import schema_check
 from core.errors import InvalidManifest
 from tiers.base import BlobPlan
 
@@ -85,6 +85,7 @@ SCHEMA: dict[str, Any] = {
         "created": {"type": "string"},
     },
 }
+schema_check.check_schema(SCHEMA)    # a keyword it does not interpret fails here
 
 
 @dataclass(frozen=True)
@@ -216,22 +217,11 @@ def loads(raw: bytes | str, *, source: str = "manifest") -> Manifest:
     return from_dict(data, source=source)
 
 
-@functools.lru_cache(maxsize=1)
-def validator() -> Any:
-    """One validator for the process: `jsonschema.validate` checks the schema itself
-    and builds a validator on every call, which a cold start pays for each manifest."""
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(SCHEMA)
-
-
 def from_dict(data: Any, *, source: str = "manifest") -> Manifest:
-    import jsonschema
-
     try:
-        validator().validate(data)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        schema_check.validate(data, SCHEMA)
+    except schema_check.SchemaViolation as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
         raise InvalidManifest(f"{source}: schema v{SCHEMA_VERSION} violated at {where}: "
                               f"{exc.message}") from None
     g = data["gguf"]

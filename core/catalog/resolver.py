@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from core.catalog.manifest import Manifest, to_blob_plan, validator
+from core.catalog.manifest import Manifest, to_blob_plan
 from core.catalog.references import (
     DigestRef,
     FileRef,
@@ -74,9 +74,6 @@ class Resolver:
         self._pinned: dict[str, Manifest] = {}
         self._lock = threading.Lock()
         self.policy = RequestPolicy(tuple(settings.allowed_sources), self._default_key())
-        # jsonschema's import and the manifest validator (0.15 s) are built beside the
-        # rest of the set-up and the manifest read, not in front of them.
-        threading.Thread(target=validator, name="strato-validator", daemon=True).start()
 
     def default_model(self) -> str | None:
         """STRATO_MODEL, else the bundled Gemma when no registry was configured (a

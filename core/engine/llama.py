@@ -373,7 +373,14 @@ class LlamaEngine:
                              f"{self.settings.parallel} sequences at once (STRATO_PARALLEL)",
                              param="n")
         validate(request.sampling)
-        prompt = self.tokenize(request.prompt, add_bos=request.add_bos)
+        if request.prompt_tokens is not None:
+            prompt = list(request.prompt_tokens)
+            bad = next((t for t in prompt if not 0 <= t < self._n_vocab), None)
+            if bad is not None:
+                raise BadRequest(f"prompt token {bad} is outside this model's vocabulary "
+                                 f"(0-{self._n_vocab - 1})", param="prompt")
+        else:
+            prompt = self.tokenize(request.prompt, add_bos=request.add_bos)
         if not prompt:
             raise BadRequest("prompt is empty", param="prompt")
         if len(prompt) >= self.info.n_ctx:

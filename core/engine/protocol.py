@@ -43,7 +43,9 @@ class GenerationRequest:
     """One completion: an already-rendered prompt and how to continue it.
 
     `prompt` is text (chat messages were rendered through the chat template already);
-    the engine tokenizes it. `grammar` is GBNF text or None.
+    the engine tokenizes it. `prompt_tokens`, when given, are the prompt's token ids as
+    the caller sent them (a completions token-array prompt): used as they are, no BOS
+    added, `prompt` ignored. `grammar` is GBNF text or None.
 
     `n` answers share the prompt's KV cells. `logprobs` None means none; k >= 0 means
     each generated token's log-probability and its k most likely alternatives.
@@ -60,6 +62,7 @@ class GenerationRequest:
     n: int = 1
     logprobs: int | None = None
     prompt_logprobs: bool = False
+    prompt_tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -133,13 +133,15 @@ def from_response_format(response_format: Any) -> str | None:
 
 def tool_calls_gbnf(functions: Sequence[tuple[str, Mapping[str, Any]]], *, call_open: str,
                     args_sep: str, call_close: str, max_calls: int,
-                    prefilled: str = "") -> str:
+                    prefilled: str = "", answer: Mapping[str, Any] | None = None) -> str:
     """GBNF for 1..max_calls tool calls, each `call_open <name> args_sep <arguments>
     call_close` (core.openai.tools's format), the arguments per that function's schema.
 
     `prefilled` says how much of the first call the prompt already holds: "open" (the
     text before the name) or "name" (also the one function's name and `args_sep`);
-    the grammar then starts right after it.
+    the grammar then starts right after it. `answer`, a JSON schema, allows a text
+    answer of that shape instead of the calls (`tool_choice: auto` with a
+    `response_format`: the model chooses, each branch constrained).
 
     The wrapper is literal text (no choice of whitespace) and the functions part only
     at their names: a grammar with fewer live alternatives is cheaper to check against
@@ -167,7 +169,16 @@ def tool_calls_gbnf(functions: Sequence[tuple[str, Mapping[str, Any]]], *, call_
     first = {"": "tool-call", "open": f"{choice} {closing}",
              "name": f"{arguments[0]} {closing}"}[prefilled]
     more = f' ("\\n" tool-call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
-    return (f"root ::= first-call{more}\nfirst-call ::= {first}\n"
+    root = f"first-call{more}"
+    if answer is not None:
+        _check_schema(answer)
+        try:
+            root = f"{converter.visit(converter.resolve_refs(dict(answer), 'answer'), 'answer')}" \
+                f" | {root}"
+        except (ValueError, KeyError, TypeError, AssertionError, RecursionError,
+                NotImplementedError) as exc:
+            raise BadRequest(f"unsupported json_schema: {exc}", param=PARAM) from None
+    return (f"root ::= {root}\nfirst-call ::= {first}\n"
             f"tool-call ::= {_literal(call_open)} {choice} {closing}\n"
             f"{converter.format_grammar()}")
 

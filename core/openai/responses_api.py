@@ -1,17 +1,17 @@
 """OpenAI's Responses API (`/v1/responses`): its request, its objects and its events.
 
 A Responses request is a chat request in other words: `input` (a string or a list of
-message items) plus `instructions` becomes chat messages, which run through the same
-template, engine and sampler as `/v1/chat/completions`. What is specific lives here:
+message, `function_call` and `function_call_output` items) plus `instructions` becomes
+chat messages (assistant `tool_calls`, `role: tool` turns), and the flat function `tools`
+become a chat `ToolSpec` (core.openai.tools), so they run through the same template,
+tool format, grammar, engine and sampler as `/v1/chat/completions`. What is specific
+lives here:
 
 - `parse` turns a CreateResponse body into a `ResponsesRequest` (pure, 400s with `param`);
 - `response_object` renders the Response object (create, `response.completed`, GET);
-- `EventWriter` renders the streamed event sequence, numbered by `sequence_number`:
-  response.created, response.in_progress, response.output_item.added,
-  response.content_part.added, response.output_text.delta ..., response.output_text.done,
-  response.content_part.done, response.output_item.done, then response.completed (or
-  response.incomplete when `max_output_tokens` cut the answer, as OpenAI does);
 - `ResponseStore` keeps finished responses for GET and `previous_response_id`.
+
+Its output items and streamed events are core.openai.responses_events's.
 
 The store is in memory, bounded and per instance: a response is found only by the
 instance (the process, the Lambda execution environment) that produced it, and the
@@ -21,7 +21,6 @@ by `previous_response_id`; the earlier turns' input and output are.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -30,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.engine.protocol import TokenEvent, TokenLogprob
+from core.engine.protocol import TokenEvent
 from core.errors import BadRequest, NotFound
-from core.openai import responses, schemas
+from core.openai import schemas, tools
 
 STORE_SIZE = 512  # responses kept per instance for GET and previous_response_id
 LOGPROBS = "message.output_text.logprobs"  # the `include` value that asks for them
@@ -56,6 +55,9 @@ class ResponsesRequest:
     store: bool = True
     metadata: Mapping[str, str] = field(default_factory=dict)
     text_format: Mapping[str, Any] = field(default_factory=lambda: {"type": "text"})
+    tools: tools.ToolSpec | None = None
+    tools_echo: tuple[dict[str, Any], ...] = ()  # `tools` as the Response object shows them
+    tool_choice: str | dict[str, str] = "auto"  # the same, for `tool_choice`
 
     def messages(self, history: tuple[dict[str, Any], ...] = ()) -> tuple[dict[str, Any], ...]:
         """The chat messages to render: instructions, earlier turns, this input."""
@@ -71,7 +73,7 @@ def parse(body: Mapping[str, Any], *, max_tokens_limit: int) -> ResponsesRequest
     """Validate a /v1/responses body."""
     if "input" not in body:
         raise BadRequest("'input' is required", param="input")
-    for name in ("tools", "conversation", "prompt"):
+    for name in ("conversation", "prompt"):
         if body.get(name):
             raise BadRequest(f"'{name}' is not supported on /v1/responses", param=name)
     if body.get("background"):
@@ -101,11 +103,38 @@ def parse(body: Mapping[str, Any], *, max_tokens_limit: int) -> ResponsesRequest
     if LOGPROBS in _include(body.get("include")):
         decoding = replace(decoding, logprobs=_top_logprobs(body.get("top_logprobs")))
     store = body.get("store")
+    spec = tools.parse_tool_spec(body, flat=True)
     return ResponsesRequest(
         model=schemas.parse_model(body), input=_input(body["input"]),
         instructions=instructions or None, decoding=decoding,
         previous_response_id=previous, store=store is not False,
-        metadata=metadata, text_format=text_format)
+        metadata=metadata, text_format=text_format, tools=spec,
+        tools_echo=_tools_echo(body.get("tools") or []),
+        tool_choice=_choice_echo(spec, body.get("tool_choice")))
+
+
+def _tools_echo(raw: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The (already validated) function tools as OpenAI echoes them: every field, `strict`
+    defaulting to true as OpenAI's does. Forced calls are grammar-constrained whatever
+    `strict` says; `auto` calls are parsed, not constrained."""
+    out = []
+    for i, tool in enumerate(raw):
+        strict = tool.get("strict", True)
+        if strict is not None and not isinstance(strict, bool):
+            raise BadRequest(f"tools[{i}].strict must be a boolean", param=f"tools[{i}].strict")
+        out.append({"type": "function", "name": tool["name"],
+                    "description": tool.get("description"),
+                    "parameters": tool.get("parameters"),
+                    "strict": True if strict is None else strict})
+    return tuple(out)
+
+
+def _choice_echo(spec: tools.ToolSpec | None, raw: Any) -> str | dict[str, str]:
+    if spec is None:
+        return raw if raw in ("none", "auto") else "auto"
+    if spec.forced and spec.choice != "required":
+        return {"type": "function", "name": spec.choice}
+    return spec.choice
 
 
 def _include(value: Any) -> list[str]:
@@ -127,27 +156,70 @@ def _top_logprobs(value: Any) -> int:
 
 
 def _input(raw: Any) -> tuple[dict[str, Any], ...]:
-    """`input` as chat messages, through the one chat message parser."""
+    """`input` as chat messages, through the one chat message parser: `function_call`
+    items become the `tool_calls` of an assistant turn (joining the assistant message
+    just before them, as one turn's output reads back), `function_call_output` items
+    `role: tool` turns."""
     if isinstance(raw, str):
         if not raw:
             raise BadRequest("'input' must not be empty", param="input")
         return schemas.parse_messages([{"role": "user", "content": raw}])
     if not isinstance(raw, list) or not raw:
-        raise BadRequest("'input' must be a string or a non-empty array of message items",
+        raise BadRequest("'input' must be a string or a non-empty array of items",
                          param="input")
-    messages = []
+    messages: list[dict[str, Any]] = []
     for i, item in enumerate(raw):
         param = f"input[{i}]"
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            kind = item.get("type") if isinstance(item, dict) else type(item).__name__
-            raise BadRequest(f"{param} must be a message item; {kind!r} items are not "
-                             f"supported", param=param)
-        role = item.get("role")
-        if role not in INPUT_ROLES:
-            raise BadRequest(f"{param}.role must be one of {sorted(INPUT_ROLES)}, got "
-                             f"{role!r}", param=f"{param}.role")
-        messages.append({"role": role, "content": _content(item.get("content"), param)})
+        kind = item.get("type", "message") if isinstance(item, dict) \
+            else type(item).__name__
+        if kind == "message":
+            role = item.get("role")
+            if not isinstance(role, str) or role not in INPUT_ROLES:  # [] is unhashable
+                raise BadRequest(f"{param}.role must be one of {sorted(INPUT_ROLES)}, got "
+                                 f"{role!r}", param=f"{param}.role")
+            messages.append({"role": role, "content": _content(item.get("content"), param)})
+        elif kind == "function_call":
+            call = {"id": _string(item, "call_id", param), "type": "function",
+                    "function": {"name": _string(item, "name", param),
+                                 "arguments": _string(item, "arguments", param, empty=True)}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", param),
+                             "content": _call_output(item.get("output"), f"{param}.output")})
+        else:
+            raise BadRequest(f"{param} must be a message, function_call or "
+                             f"function_call_output item; {kind!r} items are not supported",
+                             param=param)
     return schemas.parse_messages(messages)
+
+
+def _string(item: Mapping[str, Any], key: str, param: str, empty: bool = False) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not (value or empty):
+        raise BadRequest(f"{param}.{key} must be a {'' if empty else 'non-empty '}string",
+                         param=f"{param}.{key}")
+    return value
+
+
+def _call_output(output: Any, param: str) -> str:
+    """A function_call_output's `output`: a string, or input_text parts (joined with
+    newlines, as chat text parts are)."""
+    if isinstance(output, str):
+        return output
+    if not isinstance(output, list):
+        raise BadRequest(f"{param} must be a string or an array of input_text parts",
+                         param=param)
+    texts = []
+    for j, part in enumerate(output):
+        if not isinstance(part, dict) or part.get("type") not in TEXT_PARTS \
+                or not isinstance(part.get("text"), str):
+            raise BadRequest(f"{param}[{j}] must be an input_text part", param=f"{param}[{j}]")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _content(content: Any, param: str) -> Any:
@@ -203,30 +275,12 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class Draft:
-    """One response while it is produced: ids and the request it answers."""
+    """One response while it is produced: its id and the request it answers."""
 
     request: ResponsesRequest
     model: str
     id: str = field(default_factory=lambda: new_id("resp"))
-    message_id: str = field(default_factory=lambda: new_id("msg"))
     created_at: int = field(default_factory=lambda: int(time.time()))
-
-
-def message_item(draft: Draft, text: str, status: str,
-                 logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
-    content = [] if status == "in_progress" else [_text_part(text, logprobs)]
-    return {"id": draft.message_id, "type": "message", "status": status,
-            "role": "assistant", "content": content}
-
-
-def _text_part(text: str, logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [],
-            "logprobs": _logprobs(logprobs)}
-
-
-def _logprobs(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
-    """The Responses API's LogProb entries: chat's shape (token, logprob, bytes, top)."""
-    return list(responses.chat_logprobs(tokens)["content"]) if tokens else []
 
 
 def status_of(last: TokenEvent | None) -> str:
@@ -235,13 +289,12 @@ def status_of(last: TokenEvent | None) -> str:
     return "incomplete" if last.finish_reason == "length" else "completed"
 
 
-def response_object(draft: Draft, text: str = "", last: TokenEvent | None = None,
-                    logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+def response_object(draft: Draft, last: TokenEvent | None = None,
+                    output: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The Response object: in progress (`last` None: no output, no usage yet) or
-    finished."""
+    finished, with its output items (core.openai.responses_events.EventWriter's)."""
     req, status = draft.request, status_of(last)
     sampling = req.decoding.sampling
-    output = [] if last is None else [message_item(draft, text, status, logprobs)]
     usage = {} if last is None else {"usage": {
         "input_tokens": last.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -256,84 +309,27 @@ def response_object(draft: Draft, text: str = "", last: TokenEvent | None = None
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete"
         else None,
         "instructions": req.instructions, "max_output_tokens": req.decoding.max_tokens,
-        "model": draft.model, "output": output, "parallel_tool_calls": True,
+        "model": draft.model, "output": [] if last is None else [dict(i) for i in output],
+        "parallel_tool_calls": req.tools.parallel if req.tools else True,
         "previous_response_id": req.previous_response_id, "reasoning": None,
         "store": req.store, "temperature": sampling.temperature, "top_p": sampling.top_p,
-        "text": {"format": dict(req.text_format)}, "tool_choice": "auto", "tools": [],
+        "text": {"format": dict(req.text_format)}, "tool_choice": req.tool_choice,
+        "tools": [dict(t) for t in req.tools_echo],
         "truncation": "disabled", "metadata": dict(req.metadata),
         "top_logprobs": req.decoding.logprobs or 0, **usage,
     }
 
 
-# --- the event stream ------------------------------------------------------------------
-
-
-class EventWriter:
-    """SSE bytes for one streamed response, numbering every event.
-
-    The text deltas are the hot path: their envelope is encoded once and each token
-    only fills in its escaped text and its sequence number.
-    """
-
-    def __init__(self, draft: Draft) -> None:
-        self.draft = draft
-        self.seq = 0
-        ids = json.dumps(draft.message_id)
-        self._delta_open = (b'event: response.output_text.delta\ndata: {"type":'
-                            b'"response.output_text.delta","item_id":' + ids.encode()
-                            + b',"output_index":0,"content_index":0,"logprobs":[],"delta":')
-
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        body = {"type": kind, **fields, "sequence_number": self.seq}
-        self.seq += 1
-        return (f"event: {kind}\ndata: ".encode()
-                + json.dumps(body, separators=(",", ":")).encode() + b"\n\n")
-
-    def opening(self) -> bytes:
-        """Everything before the first delta: the response, its message, its text part."""
-        d = self.draft
-        where = {"item_id": d.message_id, "output_index": 0, "content_index": 0}
-        return b"".join([
-            self._event("response.created", response=response_object(d)),
-            self._event("response.in_progress", response=response_object(d)),
-            self._event("response.output_item.added", output_index=0,
-                        item=message_item(d, "", "in_progress")),
-            self._event("response.content_part.added", **where, part=_text_part("")),
-        ])
-
-    def delta(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
-        """One piece of text, with the logprobs of its tokens when they were asked for."""
-        if logprobs:
-            where = {"item_id": self.draft.message_id, "output_index": 0, "content_index": 0}
-            return self._event("response.output_text.delta", **where, delta=text,
-                               logprobs=_logprobs(logprobs))
-        out = (self._delta_open + json.dumps(text).encode() + b',"sequence_number":'
-               + str(self.seq).encode() + b"}\n\n")
-        self.seq += 1
-        return out
-
-    def closing(self, text: str, last: TokenEvent, logprobs: Sequence[TokenLogprob] = ()
-                ) -> tuple[bytes, dict[str, Any]]:
-        """The done events and the final one; also the finished Response object."""
-        d = self.draft
-        where = {"item_id": d.message_id, "output_index": 0, "content_index": 0}
-        final = response_object(d, text, last, logprobs)
-        status = final["status"]
-        return b"".join([
-            self._event("response.output_text.done", **where, text=text,
-                        logprobs=_logprobs(logprobs)),
-            self._event("response.content_part.done", **where,
-                        part=_text_part(text, logprobs)),
-            self._event("response.output_item.done", output_index=0,
-                        item=message_item(d, text, status, logprobs)),
-            self._event(f"response.{status}", response=final),
-        ]), final
-
-    def error(self, envelope: Mapping[str, Any]) -> bytes:
-        """An `error` event (headers are gone): the client raises on it."""
-        err = envelope.get("error", {})
-        return self._event("error", code=err.get("code"), message=err.get("message"),
-                           param=err.get("param"))
+def assistant_turn(output: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A response's output items as the chat assistant message that continues from it."""
+    text = "".join(part["text"] for item in output if item["type"] == "message"
+                   for part in item["content"])
+    calls = [{"id": item["call_id"], "type": "function",
+              "function": {"name": item["name"], "arguments": item["arguments"]}}
+             for item in output if item["type"] == "function_call"]
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {"role": "assistant", "content": text or None, "tool_calls": calls}
 
 
 # --- the store -------------------------------------------------------------------------
@@ -372,12 +368,12 @@ class ResponseStore:
             if self._items.pop(response_id, None) is None:
                 raise NotFound(self._missing(response_id))
 
-    def put(self, request: ResponsesRequest, response: dict[str, Any], text: str,
+    def put(self, request: ResponsesRequest, response: dict[str, Any],
             history: tuple[dict[str, Any], ...]) -> None:
         """Keep a finished response, if its request asked to be stored."""
         if not request.store:
             return
-        turn = history + request.input + ({"role": "assistant", "content": text},)
+        turn = history + request.input + (assistant_turn(response["output"]),)
         with self._lock:
             self._items[response["id"]] = Stored(response, turn)
             while len(self._items) > self.capacity:

@@ -69,6 +69,7 @@ class CompletionRequest:
     prompt: str
     decoding: Decoding
     echo: bool = False
+    tokens: tuple[int, ...] | None = None  # a token-array prompt (then `prompt` is "")
 
 
 @dataclass(frozen=True)
@@ -150,18 +151,11 @@ def parse_chat(body: Mapping[str, Any], *, max_tokens_limit: int) -> ChatRequest
 
 
 def parse_completion(body: Mapping[str, Any], *, max_tokens_limit: int) -> CompletionRequest:
-    """Validate a /v1/completions body. One prompt per request (a string or [string])."""
+    """Validate a /v1/completions body. One prompt per request: a string, [string], an
+    array of token ids or [array of token ids]."""
     if "prompt" not in body:
         raise BadRequest("'prompt' is required", param="prompt")
-    prompt = body["prompt"]
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise BadRequest("'prompt' must be a string or an array of exactly one string "
-                             "(batched and token-array prompts are not supported)",
-                             param="prompt")
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise BadRequest(f"'prompt' must be a string, got {_kind(prompt)}", param="prompt")
+    prompt, tokens = _prompt(body["prompt"])
     if "suffix" in body and body["suffix"] not in (None, ""):
         raise BadRequest("'suffix' (fill-in-the-middle) is not supported", param="suffix")
     _refuse_unsupported(body, chat=False)
@@ -176,7 +170,23 @@ def parse_completion(body: Mapping[str, Any], *, max_tokens_limit: int) -> Compl
         top = _integer(body, "logprobs", 0, 0, MAX_COMPLETION_LOGPROBS)
         decoding = replace(decoding, logprobs=top, prompt_logprobs=echo)
     return CompletionRequest(model=parse_model(body), prompt=prompt, decoding=decoding,
-                             echo=echo)
+                             echo=echo, tokens=tokens)
+
+
+def _prompt(raw: Any) -> tuple[str, tuple[int, ...] | None]:
+    """(text, None) or ("", token ids): the one prompt a completions request holds."""
+    one = "'prompt' must be a string, an array of token ids, or an array of exactly one " \
+        "of those (batched prompts are not supported)"
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], (str, list)):
+        raw = raw[0]
+    if isinstance(raw, str):
+        return raw, None
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest(one if isinstance(raw, list) else
+                         f"'prompt' must be a string, got {_kind(raw)}", param="prompt")
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in raw):
+        raise BadRequest(one + "; token ids are integers from 0", param="prompt")
+    return "", tuple(raw)
 
 
 def parse_embeddings(body: Mapping[str, Any]) -> EmbeddingRequest:

@@ -55,11 +55,14 @@ class OutputParser:
     """Incremental splitter; one per choice. `tool_names` None means no tool parsing."""
 
     def __init__(self, tool_names: frozenset[str] | None = None, *, in_think: bool = False,
-                 prefix: str = "", call_id: Callable[[], str] = new_call_id) -> None:
+                 prefix: str = "", call_id: Callable[[], str] = new_call_id,
+                 reasoning: bool = True) -> None:
         """`prefix`: text the prompt already wrote for the model (a forced call's start,
-        core.openai.tools.ForcedCall), parsed as if the model had written it."""
+        core.openai.tools.ForcedCall), parsed as if the model had written it.
+        `reasoning` False leaves a <think> block in the content as written (the Responses
+        API's messages have no place for it)."""
         self._names, self._call_id = tool_names, call_id
-        self._state = "think" if in_think else "start"
+        self._state = "text" if not reasoning else "think" if in_think else "start"
         self._buf = prefix
         self._calls = 0
         self._scan: _ValueScanner | None = None

@@ -24,7 +24,8 @@ and the arguments parse and validate on any model; `auto` lets the model choose,
 of the prompt and the output unparsed.
 
 The Responses API's function tools are flat (`{"type": "function", "name", ...}`);
-`parse_tool(..., flat=True)` reads that shape into the same `Tool`.
+`parse_tool_spec(body, flat=True)` reads them (and a flat named `tool_choice`) into
+the same `ToolSpec`, so /v1/responses shares everything below.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ def new_call_id() -> str:
 # --- parsing requests ------------------------------------------------------------------
 
 
-def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
-    """`tools`, `tool_choice` and `parallel_tool_calls` of a chat request; None when the
-    request has no tools (a `tool_choice` other than none/auto then is a 400)."""
+def parse_tool_spec(body: Mapping[str, Any], *, flat: bool = False) -> ToolSpec | None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` of a chat request (with `flat`, of
+    a Responses API request); None when the request has no tools (a `tool_choice` other
+    than none/auto then is a 400)."""
     raw = body.get("tools")
     choice_raw = body.get("tool_choice")
     if raw is None or raw == []:
@@ -106,7 +108,7 @@ def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
         return None
     if not isinstance(raw, list):
         raise BadRequest("'tools' must be an array of function tools", param="tools")
-    tools = tuple(parse_tool(t, f"tools[{i}]") for i, t in enumerate(raw))
+    tools = tuple(parse_tool(t, f"tools[{i}]", flat=flat) for i, t in enumerate(raw))
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise BadRequest("tool names must be unique", param="tools")
@@ -114,7 +116,7 @@ def parse_tool_spec(body: Mapping[str, Any]) -> ToolSpec | None:
     if parallel is not None and not isinstance(parallel, bool):
         raise BadRequest("'parallel_tool_calls' must be a boolean",
                          param="parallel_tool_calls")
-    spec = ToolSpec(tools, parse_tool_choice(choice_raw, names, flat=False),
+    spec = ToolSpec(tools, parse_tool_choice(choice_raw, names, flat=flat),
                     True if parallel is None else parallel)
     call_grammar(spec)  # an invalid parameters schema is a 400 now, whatever the choice
     return spec
@@ -162,8 +164,10 @@ def parse_tool_choice(raw: Any, names: Sequence[str], *, flat: bool) -> str:
             return str(name)
         raise BadRequest(f"'tool_choice' names {name!r}, which is not one of the tools "
                          f"{sorted(names)}", param="tool_choice")
-    raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or "
-                     "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
+    named = "{'type': 'function', 'name': ...}" if flat else \
+        "{'type': 'function', 'function': {'name': ...}}"
+    raise BadRequest(f"'tool_choice' must be 'none', 'auto', 'required' or {named}",
+                     param="tool_choice")
 
 
 def _check_schema(schema: Mapping[str, Any], param: str) -> None:
@@ -285,20 +289,39 @@ def _json_or_text(arguments: str) -> Any:
 # --- grammar ---------------------------------------------------------------------------
 
 
-def call_grammar(spec: ToolSpec, prefilled: str = "") -> str:
+def call_grammar(spec: ToolSpec, prefilled: str = "",
+                 answer: Mapping[str, Any] | None = None) -> str:
     """GBNF for what a forced turn may sample: calls to the callable tools, arguments
-    per their schemas (`prefilled`: see core.openai.grammar.tool_calls_gbnf). A named
-    function is called once (what clients that name one, instructor's TOOLS mode,
-    LangChain's bind_tools, read back: small models otherwise repeat the call until
-    max_tokens); `required` with parallel calls allows up to MAX_FORCED_CALLS."""
+    per their schemas (`prefilled`, `answer`: see core.openai.grammar.tool_calls_gbnf).
+    A named function is called once (what clients that name one, instructor's TOOLS
+    mode, LangChain's bind_tools, read back: small models otherwise repeat the call
+    until max_tokens); `required` (or `auto`) with parallel calls allows up to
+    MAX_FORCED_CALLS."""
     from core.openai import grammar
 
     functions = [(t.name, dict(t.parameters or {"type": "object"}))
                  for t in spec.callable()]
-    many = spec.parallel and spec.choice == "required"
+    many = spec.parallel and spec.choice in ("required", "auto")
     return grammar.tool_calls_gbnf(functions, call_open=CALL_OPEN, args_sep=ARGS_SEP,
                                    call_close=CALL_CLOSE, prefilled=prefilled,
-                                   max_calls=MAX_FORCED_CALLS if many else 1)
+                                   max_calls=MAX_FORCED_CALLS if many else 1,
+                                   answer=answer)
+
+
+def turn_grammar(spec: ToolSpec | None, forced: ForcedCall | None,
+                 answer: Mapping[str, Any] | None) -> str | None:
+    """The grammar of a chat turn whose output format (`answer`: response_format's JSON
+    schema, `{"type": "object"}` for json_object) meets its active tools (`spec`).
+
+    As in OpenAI's API, response_format shapes the turn's *text*: a forced call has no
+    text, so its grammar alone applies; with `auto` the model may answer in the format
+    or call tools, each branch constrained; without tools, the format's grammar (None
+    here: the caller's, core.openai.grammar.from_response_format)."""
+    if forced is not None:
+        return forced.grammar
+    if spec is not None and answer is not None:
+        return call_grammar(spec, answer=answer)
+    return None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from core import metrics
 from core.catalog.references import DigestRef, Reference, RegistryRef
 from core.catalog.resolver import Resolver, Source
 from core.config import Settings
+from core.engine import background_import
 from core.engine.protocol import Engine, ModelInfo
 from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.serving.load_timings import LoadTimings
@@ -49,7 +50,7 @@ from tiers.fetch import Progress
 from tiers.gate import EarlyBlob
 from tiers.gguf_header import GGUFHeader, read_header_file
 from tiers.loader import ModelHandle
-from tiers.timing import boottime, span
+from tiers.timing import boottime
 from tiers.vram import oom_attempts
 
 if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
@@ -77,8 +78,7 @@ class _Parked:
 
 
 def _engine_class() -> type[LlamaEngine]:
-    with span("import llama_cpp"):
-        from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
+    from core.engine.llama import LlamaEngine  # llama.cpp only where a model is loaded
 
     return LlamaEngine
 
@@ -89,11 +89,7 @@ class ModelManager:
 
     def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
         self.settings = settings
-        # llama_cpp (a native library, 0.15-0.35 s) is imported while the rest of the
-        # set-up and the manifest read run: a cold start's build waits for it.
-        self._importing = threading.Thread(target=_engine_class, name="strato-import",
-                                           daemon=True)
-        self._importing.start()
+        background_import.start()   # llama_cpp, beside the set-up and the manifest read
         self.resolver = Resolver(settings)
         self.default_model = self.resolver.default_model()
         self.loader, self.vram = build_loader(settings)
@@ -364,7 +360,7 @@ class ModelManager:
         fetch = asyncio.ensure_future(asyncio.to_thread(
             self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
             on_progress=lambda p: self._on_progress(key, p), on_early=on_early,
-            copies_after=copies_after))
+            copies_after=copies_after, bulk_after=background_import.done))
         either: list[asyncio.Future[Any]] = [fetch, offered]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not offered.done():

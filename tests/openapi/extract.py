@@ -20,7 +20,8 @@ ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
          "ResponseInProgressEvent", "ResponseOutputItemAddedEvent",
          "ResponseContentPartAddedEvent", "ResponseTextDeltaEvent", "ResponseTextDoneEvent",
          "ResponseContentPartDoneEvent", "ResponseOutputItemDoneEvent",
-         "ResponseCompletedEvent", "ResponseIncompleteEvent", "ResponseErrorEvent"]
+         "ResponseCompletedEvent", "ResponseIncompleteEvent", "ResponseErrorEvent",
+         "ResponseFunctionCallArgumentsDeltaEvent", "ResponseFunctionCallArgumentsDoneEvent"]
 PREFIX = "#/components/schemas/"
 
 
