@@ -3,8 +3,8 @@
 # second time, with the AVX-512 flags of portable-cmake-args.sh, from the llama.cpp that
 # the pinned llama-cpp-python sdist vendors, with strato's patches (patched-sdist.sh):
 # the same sources as the portable wheel, so the two sets are interchangeable behind
-# llama_cpp's ctypes bindings. Only the library
-# targets are built (no tools, no mtmd): about half of a wheel build.
+# llama_cpp's ctypes bindings. Only the library targets are built (no tools, no mtmd):
+# about half of a wheel build.
 #
 # The result, OUT_DIR/lib*.so* (RUNPATH $ORIGIN, so they load each other and never the
 # wheel's), is what core/engine/cpu_variant.py points LLAMA_CPP_LIB_PATH at on CPUs that
@@ -16,7 +16,8 @@
 # (default 0.3.36), EXTRA_CMAKE_ARGS (e.g. -DGGML_OPENMP=OFF: match the wheel's build),
 # CMAKE_BUILD_PARALLEL_LEVEL (default nproc), SDIST (the patched sdist patched-sdist.sh
 # made; without it this script makes one).
-# Needs a C/C++ toolchain, make, tar and strip; cmake comes from PyPI where it is missing.
+# Needs a C/C++ toolchain, make, tar, patch and strip; cmake comes from PyPI where it is
+# missing.
 set -eu
 out="${1:?usage: build-avx512-libs.sh OUT_DIR}"
 here="$(cd "$(dirname "$0")" && pwd)"
