@@ -93,18 +93,16 @@ def _check(value: Any, schema: dict[str, Any], path: tuple[str | int, ...]) -> N
         fail(f"{value!r} is not one of {schema['enum']!r}")
     if _TYPES["number"](value) and "minimum" in schema and value < schema["minimum"]:
         fail(f"{value!r} is less than the minimum of {schema['minimum']!r}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            fail(f"{value!r} is shorter than {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            fail(f"{value!r} is longer than {schema['maxLength']} characters")
-        if "pattern" in schema and not _regex(schema["pattern"]).search(value):
+    if isinstance(value, (str, list)):
+        low, high, unit = (("minLength", "maxLength", "characters") if isinstance(value, str)
+                           else ("minItems", "maxItems", "items"))
+        if not schema.get(low, 0) <= len(value) <= schema.get(high, len(value)):
+            fail(f"{value!r} has {len(value)} {unit}, outside "
+                 f"[{schema.get(low, 0)}, {schema.get(high, 'any')}]")
+    if isinstance(value, str) and "pattern" in schema:
+        if not _regex(schema["pattern"]).search(value):
             fail(f"{value!r} does not match {schema['pattern']!r}")
     if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            fail(f"{value!r} has fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            fail(f"{value!r} has more than {schema['maxItems']} items")
         if "items" in schema:
             for i, item in enumerate(value):
                 _check(item, schema["items"], path + (i,))
