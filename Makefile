@@ -39,14 +39,15 @@ export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT ?= false
 STRATO_HOST ?= 127.0.0.1
 STRATO_PORT ?= 8080
 
-.PHONY: install run test lint lint-python tools clients models bench bench-deps clean system-packages
+.PHONY: install run test lint lint-python tools clients models bench bench-deps clean system-packages \
+	build-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip wheel setuptools
 
 # The patched wheel has the upstream one's name: the old one and its stamps go first.
-$(LLAMA_WHEEL): | $(BIN)/python
+$(LLAMA_WHEEL): | $(BIN)/python build-packages
 	mkdir -p $(WHEELS)
 	rm -f $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)*
 	sdist=$$($(PATCHED_SDIST)) && \
@@ -57,7 +58,7 @@ $(LLAMA_WHEEL): | $(BIN)/python
 # ISA differs. The script skips the build when .flags already names this version, patch
 # set and flags (then .flags keeps its time and nothing downstream is redone).
 $(LLAMA_AVX512)/.flags: layers/llama-cpp/build-avx512-libs.sh layers/llama-cpp/portable-cmake-args.sh \
-		layers/llama-cpp/patched-sdist.sh $(wildcard layers/llama-cpp/patches/*.patch) | $(BIN)/python
+		layers/llama-cpp/patched-sdist.sh $(wildcard layers/llama-cpp/patches/*.patch) | $(BIN)/python build-packages
 	sdist=$$($(PATCHED_SDIST)) && \
 		PYTHON=$(BIN)/python LLAMA_CPP_VERSION=$(LLAMA_VERSION) SDIST="$$sdist" \
 		nice sh layers/llama-cpp/build-avx512-libs.sh $(LLAMA_AVX512)
@@ -100,11 +101,18 @@ clients: $(CLIENTS)/.installed
 # emulated AVX2-only CPU), nginx-light (the benchmark's S3 stand-in, bench/s3_standin.py,
 # and tests/test_s3_standin.py). CI is a root Debian machine; elsewhere sudo asks.
 SYSTEM_PACKAGES := qemu-user nginx-light
+BUILD_PACKAGES := patch          # patched-sdist.sh applies the llama.cpp patch set with it
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-packages:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# apt-get install those of the Debian packages $(1) that are missing
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; fi
+endef
+system-packages:
+	$(call apt_install,$(SYSTEM_PACKAGES))
+build-packages:
+	$(call apt_install,$(BUILD_PACKAGES))
 
 test: install node_modules/.installed lint system-packages $(SMOLLM2) $(CLIENTS)/.installed
 	$(BIN)/python -m pytest
