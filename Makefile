@@ -101,7 +101,8 @@ clients: $(CLIENTS)/.installed
 # emulated AVX2-only CPU), nginx-light (the benchmark's S3 stand-in, bench/s3_standin.py,
 # and tests/test_s3_standin.py). CI is a root Debian machine; elsewhere sudo asks.
 SYSTEM_PACKAGES := qemu-user nginx-light
-BUILD_PACKAGES := patch          # patched-sdist.sh applies the llama.cpp patch set with it
+# patched-sdist.sh applies the llama.cpp patch set with patch(1)
+BUILD_PACKAGES := patch
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # apt-get install those of the Debian packages $(1) that are missing
 define apt_install
