@@ -194,6 +194,11 @@ class Bench:
         self.env = {**os.environ, **s3.env(), "PYTHONPATH": str(ROOT),
                     "STRATO_REGISTRY": f"s3://{BUCKET}/registry",
                     "STRATO_LOG_LEVEL": "WARNING"}
+        # The peers are what a user without strato runs: PyPI's llama-cpp-python. strato's
+        # venv has the patched llama.cpp (layers/llama-cpp/patches), so --peer-libs names
+        # an upstream build of the same version and ISA for the peers' children.
+        self.peer_env = ({**self.env, "LLAMA_CPP_LIB_PATH": args.peer_libs}
+                         if args.peer_libs else self.env)
         self.py = sys.executable
         self.strato_exe = str(Path(sys.executable).with_name("strato"))
         self.round = 0
@@ -215,14 +220,14 @@ class Bench:
         target = self.fresh_dir("plain") / "model.gguf"
         seconds, _, err = first_output(
             [self.py, "-c", PLAIN, BUCKET, model.key, str(target), str(self.args.threads),
-             PROMPT], self.env)
+             PROMPT], self.peer_env)
         shutil.rmtree(target.parent, ignore_errors=True)
         return Run(seconds, json.loads(err.strip().splitlines()[-1]))
 
     def memfd(self, model: Model) -> Run:
         seconds, _, err = first_output(
             [self.py, "-c", MEMFD, BUCKET, model.key, str(self.args.threads), PROMPT,
-             str(self.streams(model))], self.env)
+             str(self.streams(model))], self.peer_env)
         return Run(seconds, json.loads(err.strip().splitlines()[-1]))
 
     def strato(self, model: Model, tiers: str | None = None) -> Run:
@@ -386,6 +391,9 @@ def main() -> int:
     parser.add_argument("--no-swap", action="store_true")
     parser.add_argument("--paths", default="plain,memfd,strato,floor",
                         help="which paths to time (comma-separated)")
+    parser.add_argument("--peer-libs", help="upstream llama.cpp libraries (a directory with "
+                        "libllama.so) for the plain and memfd paths; default: the venv's, "
+                        "which carry strato's patches")
     parser.add_argument("--show", action="store_true",
                         help="print strato's own --timings table of every round")
     args = parser.parse_args()
@@ -398,7 +406,8 @@ def main() -> int:
         with S3StandIn(root, rate_mb=args.rate) as s3:
             bench = Bench(args, work / "local", s3)
             print(f"S3 stand-in: nginx at {s3.endpoint}, {args.rate:g} MB/s per connection; "
-                  f"{os.cpu_count()} CPUs, {args.threads} threads; {args.rounds} rounds")
+                  f"{os.cpu_count()} CPUs, {args.threads} threads; {args.rounds} rounds; "
+                  f"peers' llama.cpp: {args.peer_libs or 'the venv (patched)'}")
             every = {"plain": bench.plain, "memfd": bench.memfd, "strato": bench.strato,
                      "floor": bench.floor}
             paths = {name: every[name] for name in args.paths.split(",")}
