@@ -76,17 +76,25 @@ def settings_for(model: str | Path, **overrides: Any) -> Settings:
 
 
 @contextlib.contextmanager
+def running_server(settings: Settings) -> Iterator[Server]:
+    """A real server on `settings`, stopped on exit; not waited for (servers with no
+    model, a broken one, or one that must still be loading)."""
+    srv = Server(settings, make_service(settings))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextlib.contextmanager
 def ready_server(settings: Settings) -> Iterator[Server]:
     """A real server on `settings`, yielded once its default model answers /ready."""
     import httpx
 
-    srv = Server(settings, make_service(settings))
-    try:
+    with running_server(settings) as srv:
         assert wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=30).status_code == 200,
                           300), "the default model never became ready"
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.http_server import API_KEY, Server, make_service, server, settings_for  # noqa: F401
+from tests.http_server import API_KEY, Server, running_server, server, settings_for  # noqa: F401
 
 http = httpx.Client(timeout=300)
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -64,9 +64,8 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     registry = tmp_path_factory.mktemp("empty-registry")
     settings = dataclasses.replace(settings_for("unused"), model=None,
                                    registry=str(registry), max_body=1 << 20)
-    srv = Server(settings, make_service(settings))
-    yield srv
-    srv.stop()
+    with running_server(settings) as srv:
+        yield srv
 
 
 def test_deep_nesting_is_400(roomy: Server) -> None:

@@ -20,8 +20,8 @@ import pytest
 from tests.http_server import (  # noqa: F401
     API_KEY,
     Server,
-    make_service,
     ready_server,
+    running_server,
     server,
     settings_for,
     wait_until,
@@ -242,11 +242,8 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     path: Path = tmp_path_factory.mktemp("broken") / "broken.gguf"
     path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 4096)
     settings = settings_for(path, api_key=None)
-    srv = Server(settings, make_service(settings))
-    try:
+    with running_server(settings) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_model_that_fails_to_load_is_503(broken_server: Server) -> None:
@@ -265,11 +262,8 @@ def impatient_server(gemma_path: Path) -> Iterator[Server]:
     Requests may name files under the temporary directory (STRATO_ALLOWED_SOURCES)."""
     settings = settings_for(gemma_path, api_key=None, load_timeout=0.001, ctx=512,
                             allowed_sources=(str(Path(tempfile.gettempdir()).resolve()),))
-    srv = Server(settings, make_service(settings))
-    try:
+    with running_server(settings) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_model_still_loading_is_503_with_retry_after(impatient_server: Server,

@@ -20,7 +20,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.http_server import API_KEY, Server, make_service, settings_for
+from core.config import Settings
+from tests.http_server import API_KEY, Server, running_server, settings_for
 from tests.services import RangeHandler
 from tests.tiny_gguf import write_tiny_gguf
 from tiers import remote
@@ -75,21 +76,19 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
     o.close()
 
 
-def start(tmp_path: Path, **overrides: Any) -> Server:
+def without_model(tmp_path: Path, **overrides: Any) -> Settings:
     """A server with no default model (an empty registry): nothing loads at start."""
     registry = tmp_path / "registry"
     registry.mkdir(exist_ok=True)
-    settings = dataclasses.replace(settings_for("unused"), model=None,
-                                   registry=str(registry), **overrides)
-    return Server(settings, make_service(settings))
+    return dataclasses.replace(settings_for("unused"), model=None,
+                               registry=str(registry), **overrides)
 
 
 @pytest.fixture(scope="module")
 def closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The defaults: STRATO_ALLOWED_SOURCES empty."""
-    server = start(tmp_path_factory.mktemp("closed"))
-    yield server
-    server.stop()
+    with running_server(without_model(tmp_path_factory.mktemp("closed"))) as server:
+        yield server
 
 
 def ask(server: Server, model: str) -> httpx.Response:
@@ -138,10 +137,9 @@ def test_the_load_route_follows_the_same_rules(closed: Server) -> None:
 def listed(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterator[Server]:
     """Every http(s) URL allowed by scheme, and the origin's 127.0.0.1 listed by host:
     the only private address this server may reach."""
-    server = start(tmp_path_factory.mktemp("listed"), allowed_sources=(
-        "http", "https", f"http://127.0.0.1:{origin.port}/"))
-    yield server
-    server.stop()
+    with running_server(without_model(tmp_path_factory.mktemp("listed"), allowed_sources=(
+            "http", "https", f"http://127.0.0.1:{origin.port}/"))) as server:
+        yield server
 
 
 @pytest.mark.parametrize("host", [
@@ -200,13 +198,10 @@ def test_the_operator_default_is_not_limited(tmp_path: Path, origin: Origin) -> 
     url = f"http://127.0.0.1:{origin.port}/junk.gguf?default"
     settings = dataclasses.replace(settings_for(url), tiers="ram:64MiB")
     before = origin.hits.get("/junk.gguf?default", 0)
-    server = Server(settings, make_service(settings))
-    try:
+    with running_server(settings) as server:
         response = ask(server, url)
         assert response.status_code == 503, response.text   # fetched, and not a GGUF
         assert origin.hits.get("/junk.gguf?default", 0) > before
-    finally:
-        server.stop()
 
 
 def test_restricted_urls_check_the_connected_address_in_the_remote(origin: Origin) -> None:
