@@ -133,6 +133,16 @@ def test_patched_sdist_applies_every_patch_and_keeps_the_name(stand_in, tmp_path
     assert "applying" in done.stderr
 
 
+def run_with_patch(stand_in, tmp_path: Path, name: str, diff: str):
+    """patched-sdist.sh run with one more patch, `name`, in the stand-in's patch set."""
+    extra = stand_in["script"].parent / "patches" / name
+    extra.write_text(diff)
+    try:
+        return run_script(stand_in["script"], tmp_path, stand_in["upstream"])
+    finally:
+        extra.unlink()
+
+
 def test_patched_sdist_is_reused_for_the_same_patches_and_redone_for_others(stand_in,
                                                                             tmp_path) -> None:
     first = run_script(stand_in["script"], tmp_path, stand_in["upstream"])
@@ -143,15 +153,11 @@ def test_patched_sdist_is_reused_for_the_same_patches_and_redone_for_others(stan
     assert again.returncode == 0 and Path(again.stdout.strip()) == out
     assert out.stat().st_mtime_ns == made and "applying" not in again.stderr
 
-    extra = stand_in["script"].parent / "patches" / "9999-test-note.patch"
     target = patched_files()[0]
     original = (stand_in["tree"] / NAME / target).read_text().splitlines()
-    extra.write_text(f"--- a/{target}\n+++ b/{target}\n@@ -1,1 +1,2 @@\n {original[0]}\n"
-                     "+// strato test note\n")
-    try:
-        redone = run_script(stand_in["script"], tmp_path, stand_in["upstream"])
-    finally:
-        extra.unlink()
+    redone = run_with_patch(stand_in, tmp_path, "9999-test-note.patch",
+                            f"--- a/{target}\n+++ b/{target}\n@@ -1,1 +1,2 @@\n"
+                            f" {original[0]}\n+// strato test note\n")
     assert redone.returncode == 0, redone.stderr
     assert "9999-test-note.patch" in redone.stderr
     text = members_of(out)[f"{NAME}/{target}"].decode()
@@ -159,13 +165,9 @@ def test_patched_sdist_is_reused_for_the_same_patches_and_redone_for_others(stan
 
 
 def test_a_patch_that_no_longer_applies_fails_the_run(stand_in, tmp_path) -> None:
-    broken = stand_in["script"].parent / "patches" / "9998-stale.patch"
     target = patched_files()[0]
-    broken.write_text(f"--- a/{target}\n+++ b/{target}\n@@ -1,1 +1,1 @@\n"
-                      "-a line that is not there\n+its replacement\n")
-    try:
-        done = run_script(stand_in["script"], tmp_path, stand_in["upstream"])
-    finally:
-        broken.unlink()
+    done = run_with_patch(stand_in, tmp_path, "9998-stale.patch",
+                          f"--- a/{target}\n+++ b/{target}\n@@ -1,1 +1,1 @@\n"
+                          "-a line that is not there\n+its replacement\n")
     assert done.returncode != 0
     assert not (tmp_path / f"{NAME}.tar.gz").exists()
