@@ -54,6 +54,32 @@ PROMPT = "The sky is"
 
 # --- the child processes (each a fresh interpreter) ------------------------------------
 
+# Shared by the child scripts below, which each define what it reads first.
+# _RANGED_GETS: bucket, key, streams -> s3, t1 (client made), size, get_range(offset).
+_RANGED_GETS = """
+s3 = boto3.client("s3", config=botocore.config.Config(max_pool_connections=streams))
+t1 = time.monotonic()
+size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+part = 8 << 20
+
+def get_range(offset):
+    end = min(offset + part, size) - 1
+    return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")["Body"].read()
+"""
+# _ANSWER: model, threads, prompt, t0-t2, FETCH (the fetch's label) -> one token, timings.
+_ANSWER = """
+from llama_cpp import Llama
+t3 = time.monotonic()
+llm = Llama(model, n_ctx=256, n_threads=threads, verbose=False)
+t4 = time.monotonic()
+out = llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+print(out["choices"][0]["text"] or ".", flush=True)
+t5 = time.monotonic()
+print(json.dumps({"import boto3": t1 - t0, FETCH: t2 - t1,
+                  "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
+                  "first token": t5 - t4}), file=sys.stderr)
+"""
+
 PLAIN = """
 import json, os, sys, time
 t0 = time.monotonic()
@@ -62,17 +88,8 @@ s3 = boto3.client("s3")
 t1 = time.monotonic()
 s3.download_file(sys.argv[1], sys.argv[2], sys.argv[3])
 t2 = time.monotonic()
-from llama_cpp import Llama
-t3 = time.monotonic()
-llm = Llama(sys.argv[3], n_ctx=256, n_threads=int(sys.argv[4]), verbose=False)
-t4 = time.monotonic()
-out = llm.create_completion(sys.argv[5], max_tokens=1, temperature=0.0)
-print(out["choices"][0]["text"] or ".", flush=True)
-t5 = time.monotonic()
-print(json.dumps({"import boto3": t1 - t0, "download_file": t2 - t1,
-                  "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
-                  "first token": t5 - t4}), file=sys.stderr)
-"""
+model, threads, prompt, FETCH = sys.argv[3], int(sys.argv[4]), sys.argv[5], "download_file"
+""" + _ANSWER
 
 MEMFD = """
 import json, os, sys, time
@@ -81,51 +98,30 @@ t0 = time.monotonic()
 import boto3, botocore.config
 bucket, key, threads, prompt, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
     sys.argv[4], int(sys.argv[5])
-s3 = boto3.client("s3", config=botocore.config.Config(max_pool_connections=streams))
-t1 = time.monotonic()
-size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+""" + _RANGED_GETS + """
 fd = os.memfd_create("model", 0)
 os.ftruncate(fd, size)
-part = 8 << 20
 
 def get(offset):
-    end = min(offset + part, size) - 1
-    body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")["Body"].read()
-    os.pwrite(fd, body, offset)
+    os.pwrite(fd, get_range(offset), offset)
 
 with ThreadPoolExecutor(streams) as pool:
     list(pool.map(get, range(0, size, part)))
 t2 = time.monotonic()
-from llama_cpp import Llama
-t3 = time.monotonic()
-llm = Llama(f"/proc/self/fd/{fd}", n_ctx=256, n_threads=threads, verbose=False)
-t4 = time.monotonic()
-out = llm.create_completion(prompt, max_tokens=1, temperature=0.0)
-print(out["choices"][0]["text"] or ".", flush=True)
-t5 = time.monotonic()
-print(json.dumps({"import boto3": t1 - t0, "ranged GETs into memfd": t2 - t1,
-                  "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
-                  "first token": t5 - t4}), file=sys.stderr)
-"""
+model, FETCH = f"/proc/self/fd/{fd}", "ranged GETs into memfd"
+""" + _ANSWER
 
 FLOOR_FETCH = """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import boto3, botocore.config
-bucket, key, size, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-s3 = boto3.client("s3", config=botocore.config.Config(max_pool_connections=streams))
-s3.head_object(Bucket=bucket, Key=key)     # the connection pool and credentials are set up
-part = 8 << 20
-
-def get(offset):
-    end = min(offset + part, size) - 1
-    return len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")["Body"].read())
-
-t0 = time.monotonic()
+bucket, key, expected, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+""" + _RANGED_GETS + """
+t0 = time.monotonic()       # the connection pool and credentials are set up (the HEAD)
 with ThreadPoolExecutor(streams) as pool:
-    got = sum(pool.map(get, range(0, size, part)))
+    got = sum(pool.map(lambda offset: len(get_range(offset)), range(0, size, part)))
 seconds = time.monotonic() - t0
-assert got == size
+assert got == size == expected
 print(json.dumps({"fetch": seconds}), flush=True)
 """
 
