@@ -1,5 +1,5 @@
 """The layering the README promises, checked on the source: handlers -> core -> tiers
-with no edge back, llama_cpp imported by the engine only, cloud SDKs by tiers/remote.py
+with no edge back, llama_cpp imported by the engine only (core/engine/bindings.py), cloud SDKs by tiers/remote.py
 only, and `core.serving`'s lazy public names all real."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_llama_cpp_only_in_the_engine_and_cloud_sdks_only_in_remote() -> None:
     # JSON-schema-to-GBNF converter (pure Python, the port of llama.cpp server's).
     llama = {(str(p.relative_to(ROOT)), n) for p in sources() for n in imports(p)
              if n.split(".")[0] == "llama_cpp"}
-    assert llama == {("core/engine/llama.py", "llama_cpp"),
+    assert llama == {("core/engine/bindings.py", "llama_cpp.llama_cpp"),
                      ("core/openai/grammar.py", "llama_cpp.llama_grammar")}
     clouds = {str(p.relative_to(ROOT)) for p in sources()
               if any(n.split(".")[0] in CLOUD_SDKS for n in imports(p))}

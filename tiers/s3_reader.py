@@ -140,14 +140,19 @@ class S3Reader:
         etag = headers.get("etag")
         return Head(int(headers["content-length"]), etag.strip('"') if etag else None)
 
-    def get(self, bucket: str, key: str, span: tuple[int, int] | None = None) -> bytearray:
-        """The object, or bytes [start, end) of it (fewer at its end; none past it)."""
+    def get(self, bucket: str, key: str, span: tuple[int, int] | None = None,
+            into: memoryview | None = None) -> bytearray | memoryview:
+        """The object, or bytes [start, end) of it (fewer at its end; none past it).
+
+        With `into` (a writable buffer of at least the span's length) the body is read
+        straight into it and the filled part of it is returned: a loader that reads into
+        the memory the model will be served from copies each byte once."""
         extra = {}
         if span is not None:
             if span[1] <= span[0]:
                 return bytearray()
             extra["Range"] = f"bytes={span[0]}-{span[1] - 1}"
-        _, _, body = self._call("GET", bucket, key, extra)
+        _, _, body = self._call("GET", bucket, key, extra, into)
         return body
 
     # -- one request --------------------------------------------------------------------
@@ -164,22 +169,24 @@ class S3Reader:
             return "https", f"{bucket}.{host}", f"/{path}"
         return "https", host, f"/{quote(bucket, safe='')}/{path}"
 
-    def _call(self, method: str, bucket: str, key: str,
-              extra: dict[str, str]) -> tuple[int, dict[str, str], bytearray]:
+    def _call(self, method: str, bucket: str, key: str, extra: dict[str, str],
+              into: memoryview | None = None
+              ) -> tuple[int, dict[str, str], bytearray | memoryview]:
         where = f"s3://{bucket}/{key}"
         region = self._regions.get(bucket, self.region)
         try:
-            return self._once(method, bucket, key, extra, region, where)
+            return self._once(method, bucket, key, extra, region, where, into)
         except _WrongRegion as moved:
             self._regions[bucket] = moved.region
             try:
-                return self._once(method, bucket, key, extra, moved.region, where)
+                return self._once(method, bucket, key, extra, moved.region, where, into)
             except _WrongRegion as again:
                 raise SourceUnavailable(f"{where}: S3 keeps redirecting (to region "
                                         f"{again.region})") from None
 
     def _once(self, method: str, bucket: str, key: str, extra: dict[str, str],
-              region: str, where: str) -> tuple[int, dict[str, str], bytearray]:
+              region: str, where: str, into: memoryview | None
+              ) -> tuple[int, dict[str, str], bytearray | memoryview]:
         scheme, host, path = self.url(bucket, key, region)
         headers = sign(method, host, path, extra, self.credentials, region, amz_date())
         for attempt in (0, 1):
@@ -194,7 +201,7 @@ class S3Reader:
                         response.read()           # frees the connection for the next
                         body = bytearray()
                     else:
-                        body = _read_body(response, where)
+                        body = _read_body(response, where, into)
                     if response.will_close:
                         self._drop(scheme, host)
                     return status, got, body
@@ -217,7 +224,7 @@ class S3Reader:
         raise AssertionError("unreachable")
 
     def _failed(self, status: int, headers: dict[str, str], detail: bytes, region: str,
-                where: str) -> tuple[int, dict[str, str], bytearray]:
+                where: str) -> tuple[int, dict[str, str], bytearray | memoryview]:
         code_match = _ERROR_CODE.search(detail)
         code = code_match.group(1).decode(errors="replace") if code_match else str(status)
         moved = headers.get("x-amz-bucket-region")
@@ -260,20 +267,32 @@ class S3Reader:
             conn.close()
 
 
-def _read_body(response: http.client.HTTPResponse, where: str) -> bytearray:
-    """The whole body: into one preallocated buffer when its length is announced (a
-    ranged read is read once, straight into its final place); a short body is a
-    TransientError (the connection was cut)."""
+def _read_body(response: http.client.HTTPResponse, where: str,
+               into: memoryview | None = None) -> bytearray | memoryview:
+    """The whole body: into `into`, or into one preallocated buffer, when its length is
+    announced (a ranged read is read once, straight into its final place); a short body
+    is a TransientError (the connection was cut), a longer one than `into` holds a
+    SourceUnavailable (the store ignored the Range)."""
     length = response.getheader("Content-Length")
-    if length is None:
+    if length is None and into is None:
         return bytearray(response.read())
-    size = int(length)
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+    if length is None:
+        data = response.read()
+        size = len(data)
+    else:
+        size = int(length)
+    if into is not None and size > len(into):
+        response.close()
+        raise SourceUnavailable(f"{where}: {size} bytes answered for a read of "
+                                f"{len(into)}")
+    view = into[:size] if into is not None else memoryview(bytearray(size))
+    if length is None:
+        view[:] = data
+        return view
     got = 0
     while got < size:
         n = response.readinto(view[got:])
         if not n:
             raise TransientError(f"{where}: body cut short: got {got} of {size} bytes")
         got += n
-    return buffer
+    return view if into is not None else view.obj  # type: ignore[return-value]

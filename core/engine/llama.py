@@ -23,10 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core.engine import cpu_variant  # noqa: F401  # isort: skip  (must precede llama_cpp)
-import llama_cpp as ll
-
 from core.config import Settings
+from core.engine import bindings
 from core.engine import chat_template as chat
 from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from core.engine.sampling import SamplerChain, validate
@@ -35,6 +33,7 @@ from core.errors import BadRequest, ContextOverflow, OutOfMemory
 from tiers.errors import CorruptModel, ObjectNotFound
 
 log = logging.getLogger(__name__)
+ll = bindings.load()   # llama.cpp's C API (not the llama_cpp package's Llama class)
 
 _backend_lock = threading.Lock()
 _backend_ready = False

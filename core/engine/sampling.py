@@ -23,13 +23,15 @@ grammar to the whole vocabulary and draw again. The result is the same distribut
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from core.engine.protocol import SamplingParams, TokenLogprob
 from core.errors import BadRequest
+
+if TYPE_CHECKING:   # numpy is imported where logits are read, off the cold start's path
+    import numpy as np
 
 # llama.cpp server default: penalties look at the last 64 tokens.
 PENALTY_LAST_N = 64
@@ -131,6 +133,8 @@ class SamplerChain:
 
     def logits(self, ctx: Any, idx: int) -> np.ndarray:
         """Row `idx` of the step's logits (a view: valid until the next decode)."""
+        import numpy as np
+
         return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(ctx, idx),
                                      shape=(self._n_vocab,))
 
@@ -141,6 +145,8 @@ class SamplerChain:
     def sample(self, ctx: Any, idx: int) -> int:
         if self._grammar is None:
             return int(self._ll.llama_sampler_sample(self._chain, ctx, idx))
+        import numpy as np
+
         ll = self._ll
         logits = self.logits(ctx, idx)
         cand = _Candidates(ll, logits)
@@ -170,6 +176,8 @@ def log_softmax_at(logits: np.ndarray, token: int, top: int
                    ) -> tuple[float, list[tuple[int, float]]]:
     """log p(`token`) under softmax(`logits`), and the `top` most likely (id, log p),
     most likely first. Pure numpy, about a millisecond over a 262k vocabulary."""
+    import numpy as np
+
     peak = float(logits.max())
     norm = peak + math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
     best: list[tuple[int, float]] = []
@@ -191,14 +199,21 @@ def describe(piece: Callable[[int], bytes], token: int, logprob: float | None,
     return one(token, logprob, tuple(one(t, lp) for t, lp in top))
 
 
-_TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+@functools.cache
+def _token_data() -> np.dtype:
+    """llama_token_data's layout as a numpy record."""
+    import numpy as np
+
+    return np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 
 
 class _Candidates:
     """A llama_token_data_array over numpy memory (the rows outlive every C call)."""
 
     def __init__(self, ll: Any, logits: np.ndarray, ids: np.ndarray | None = None) -> None:
-        self.rows = np.recarray((len(logits),), dtype=_TOKEN_DATA)
+        import numpy as np
+
+        self.rows = np.recarray((len(logits),), dtype=_token_data())
         self.rows.id[:] = np.arange(len(logits), dtype=np.intc) if ids is None else ids
         self.rows.logit[:] = logits
         self.rows.p[:] = 0.0
