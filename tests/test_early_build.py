@@ -105,10 +105,10 @@ def test_a_chunk_corrupt_after_the_build_started_fails_the_load(tmp_path, gemma_
 
     read_range = remote.read_range
 
-    def after_the_build_started(url: str, start: int, end: int) -> bytes:
+    def after_the_build_started(url: str, start: int, end: int, into=None):
         if start <= at < end:                          # the corrupt bytes arrive late
             assert watch.reached.wait(HANG_GUARD), "llama.cpp never reached the gate"
-        return read_range(url, start, end)
+        return read_range(url, start, end, into)
 
     monkeypatch.setattr(remote, "read_range", after_the_build_started)
 

@@ -55,6 +55,26 @@ def test_cold_load_from_each_store_fills_every_tier(store: Store, model: bytes,
     handle.release()
 
 
+def test_fetched_bytes_land_in_the_ram_tier_in_place(model: bytes, tmp_path: Path,
+                                                     http_root, monkeypatch) -> None:
+    """The fetch reads into the RAM tier's memfd itself (no copy through `write_at`);
+    the disk tier behind it still gets a whole, verified copy, from RAM."""
+    from tiers.ram import RamWriter
+
+    def copied(self, offset: int, data: bytes) -> None:
+        raise AssertionError("a fetched chunk was copied into RAM, not read in place")
+
+    monkeypatch.setattr(RamWriter, "write_at", copied)
+    (http_root.directory / "m.gguf").write_bytes(model)
+    tiers = tiers_in(tmp_path)
+    loader = Loader(tiers, streams=4)
+    handle = loader.load(plan_for(f"{http_root.url}/m.gguf", model, CHUNK))
+    assert handle.tier == "ram" and Path(handle.path).read_bytes() == model
+    loader.flush()
+    assert (tiers[1].blobs / f"{handle.digest}.gguf").read_bytes() == model
+    handle.release()
+
+
 def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,
                                                           http_root) -> None:
     (http_root.directory / "m.gguf").write_bytes(model)
@@ -209,9 +229,9 @@ def test_bulk_reads_wait_for_bulk_after(model: bytes, tmp_path: Path, http_root,
     reads: list[tuple[int, int]] = []
     read_range = remote.read_range
 
-    def counted(url: str, start: int, end: int) -> bytes:
+    def counted(url: str, start: int, end: int, into=None):
         reads.append((start, end))
-        return read_range(url, start, end)
+        return read_range(url, start, end, into)
 
     monkeypatch.setattr(remote, "read_range", counted)
     reached = threading.Event()

@@ -88,6 +88,10 @@ def test_a_byte_flipped_in_transit_is_refetched(model: bytes, tmp_path: Path, ht
     handle = Loader(tiers, streams=2, backoff=0.01).load(plan)
     assert proxy.faults >= 1
     assert Path(handle.path).read_bytes() == model
+    # the bad bytes were read in place and read again; nothing of the failed read kept
+    # the memfd mapped writable, so the verified blob is sealed against writes
+    with pytest.raises(PermissionError):
+        os.pwrite(int(handle.path.rsplit("/", 1)[1]), b"x", 0)
 
 
 def test_truncated_object_is_refused(model: bytes, tmp_path: Path, http_root) -> None:

@@ -33,6 +33,23 @@ def test_blob_is_a_readable_sealed_memfd(tmp_path: Path) -> None:
     assert tier.meta(d) == {"size": 1000} and tier.usage() == 1000
 
 
+def test_bytes_written_in_place_are_the_blob_and_sealed_on_commit() -> None:
+    tier = RamTier(10_000)
+    w = tier.begin_write(digest(A + B), 2000)
+    first, second = w.buffer(0, 1000), w.buffer(1000, 1000)
+    first[:] = A
+    second[:] = B
+    assert w.read_at(500, 1000) == A[500:] + B[:500]
+    del first, second             # a fetch drops its views; the seal needs the mapping gone
+    w.commit(digest(A + B))
+    fd = int(tier.path(digest(A + B)).rsplit("/", 1)[1])
+    assert os.pread(fd, 2000, 0) == A + B
+    with pytest.raises(PermissionError):
+        os.pwrite(fd, b"x", 0)
+    with pytest.raises(ValueError, match="outside"):
+        tier.begin_write("other", 10).buffer(5, 10)
+
+
 def test_uncommitted_and_aborted_writes_are_invisible() -> None:
     tier = RamTier(10_000)
     w = tier.begin_write(digest(A), len(A))

@@ -108,6 +108,11 @@ class ChunkFetch:
         self.on_header, self.on_progress, self.start = on_header, on_progress, start
         self.on_head = on_head       # the header's chunks are verified (before parsing)
         self.bulk_after = bulk_after  # the reads after the header's wait for it
+        # Reads land in place when the first writer is memory that can be read into (a
+        # RAM tier's memfd) and stored bytes are raw bytes (no zstd frames to decode).
+        self.in_place: Callable[[int, int], memoryview] | None = \
+            getattr(self.writers[0], "buffer", None) if self.writers \
+            and plan.compression == "none" else None
         self.n = n_chunks(size, plan.chunk_size)
         self.stop = threading.Event()
         self.landed = [False] * self.n
@@ -272,7 +277,7 @@ class ChunkFetch:
             pieces = self._read_run(run)
         except (TransientError, _ChunkFailed) as exc:
             log.warning("chunks %d-%d of %s failed as one read (%s): fetching them one by "
-                        "one", run[0], run[-1], self.plan.label, exc)
+                        "one", run[0], run[-1], self.plan.label, str(exc))
             return [self._chunk(i) for i in run]
         for index, data in pieces:
             if data is None:
@@ -282,10 +287,11 @@ class ChunkFetch:
         return run
 
     def _write(self, index: int, data: bytes | memoryview) -> None:
-        """A verified chunk, at its offset, into every target tier."""
+        """A verified chunk, at its offset, into every target tier (but the first when
+        the chunk was read into it in place)."""
         start, _ = chunk_range(index, self.size, self.plan.chunk_size)
         began = time.monotonic()
-        for w in self.writers:
+        for w in self.writers[1:] if self.in_place is not None else self.writers:
             w.write_at(start, data)
         self._count(write_seconds=time.monotonic() - began)
 
@@ -302,7 +308,7 @@ class ChunkFetch:
                 out.append((index, self._checked(index, blob[a - lo:b - lo])))
             except _ChunkFailed as exc:
                 log.warning("chunk %d of %s: %s; fetching it again", index,
-                            self.plan.label, exc)
+                            self.plan.label, str(exc))
                 out.append((index, None))
         return out
 
@@ -319,7 +325,7 @@ class ChunkFetch:
             except (TransientError, _ChunkFailed) as exc:
                 failures.append(exc)
                 log.warning("chunk %d of %s failed (attempt %d): %s", index, plan.label,
-                            attempt + 1, exc)
+                            attempt + 1, str(exc))
                 if attempt < self.retries:
                     self.stop.wait(self.backoff * (2 ** attempt))
         last = failures[-1]
@@ -350,21 +356,31 @@ class ChunkFetch:
         return chunk_range(index, self.size, self.plan.chunk_size)
 
     def _fetch(self, lo: int, hi: int, parts: int = 1) -> memoryview:
-        """Stored bytes [lo, hi) as one ranged read, or `parts` concurrent ones joined;
-        a short answer fails its chunks."""
+        """Stored bytes [lo, hi) as one ranged read, or `parts` concurrent ones; read in
+        place (into the first writer's memory) or into a buffer of their own. A short
+        answer fails its chunks."""
+        bounds = [(lo, hi)]
         if parts > 1 and hi - lo >= parts << 20:
             step = -(-(hi - lo) // parts)
             bounds = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+        target = self.in_place(lo, hi - lo) if self.in_place is not None else \
+            memoryview(bytearray(hi - lo)) if len(bounds) > 1 else None
+
+        def read(span: tuple[int, int]) -> memoryview:
+            a, b = span
+            into = target[a - lo:b - lo] if target is not None else None
+            return memoryview(remote.read_range(self.plan.url, a, b, into=into))
+
+        if len(bounds) > 1:
             with ThreadPoolExecutor(len(bounds), thread_name_prefix="strato-head") as pool:
-                pieces = list(pool.map(lambda b: remote.read_range(self.plan.url, *b), bounds))
-            raw: bytes | bytearray = b"".join(pieces)
+                pieces = list(pool.map(read, bounds))
         else:
-            bounds = [(lo, hi)]
-            raw = remote.read_range(self.plan.url, lo, hi)
-        self._count(bytes=len(raw), requests=len(bounds))
-        if len(raw) != hi - lo:
-            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {len(raw)} of {hi - lo}")
-        return memoryview(raw)
+            pieces = [read(bounds[0])]
+        got = sum(len(p) for p in pieces)
+        self._count(bytes=got, requests=len(bounds))
+        if [len(p) for p in pieces] != [b - a for a, b in bounds]:
+            raise _ChunkFailed("short", f"bytes {lo}-{hi}: got {got} of {hi - lo}")
+        return target if target is not None else pieces[0]
 
     def _checked(self, index: int, stored: bytes | memoryview) -> bytes | memoryview:
         """Chunk `index`'s raw bytes from its stored form (decompressed), verified

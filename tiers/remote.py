@@ -258,8 +258,13 @@ def info(url: str) -> RemoteInfo:
     return RemoteInfo(int(size), str(etag).strip('"') if etag is not None else None)
 
 
-def read_range(url: str, start: int, end: int) -> bytes | bytearray:
+def read_range(url: str, start: int, end: int, into: memoryview | None = None
+               ) -> bytes | bytearray | memoryview:
     """Bytes [start, end) of an object; fewer at end of object (the caller checks).
+
+    With `into` (writable, at least `end - start` bytes) the bytes land there and the
+    filled part of it is returned: straight from the socket with the SDK-free S3 reader,
+    copied once from the client's buffer otherwise.
 
     S3 reads (ranges, `read_bytes`, `info`: everything a load does) go through
     botocore's own threaded client rather than s3fs's event loop: the loader reads
@@ -272,10 +277,21 @@ def read_range(url: str, start: int, end: int) -> bytes | bytearray:
     Writes and listings (push, `list --remote`, rm) stay on s3fs.
     """
     if scheme_of(url) == "s3":
-        return _s3_get(url, (start, end))
+        return _s3_get(url, (start, end), into)
     fs, path = filesystem(url)
     with translated(url):
-        return fs.cat_file(path, start=start, end=end)
+        data = fs.cat_file(path, start=start, end=end)
+    return _placed(data, into)
+
+
+def _placed(data: bytes | bytearray, into: memoryview | None) -> bytes | bytearray | memoryview:
+    """`data` itself, or copied into the front of `into` (the part it fills)."""
+    if into is None:
+        return data
+    if len(data) > len(into):
+        raise SourceUnavailable(f"{len(data)} bytes answered for a read of {len(into)}")
+    into[:len(data)] = data
+    return into[:len(data)]
 
 
 _S3_READER_ENV = (*_ENV_OF["s3"], "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -326,12 +342,14 @@ def _s3_split(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_get(url: str, span: tuple[int, int] | None) -> bytes | bytearray:
-    """The object, or bytes [start, end) of it, through the botocore client."""
+def _s3_get(url: str, span: tuple[int, int] | None, into: memoryview | None = None
+            ) -> bytes | bytearray | memoryview:
+    """The object, or bytes [start, end) of it (into `into`: see `read_range`), through
+    the SDK-free reader or the botocore client."""
     bucket, key = _s3_split(url)
     reader = _s3_reader()
     if reader is not None:
-        return reader.get(bucket, key, span)
+        return reader.get(bucket, key, span, into)
     extra = {}
     if span is not None:
         if span[1] <= span[0]:
@@ -349,7 +367,7 @@ def _s3_get(url: str, span: tuple[int, int] | None) -> bytes | bytearray:
             data: bytes = body.read()
         finally:
             body.close()
-        return data
+        return _placed(data, into)
 
 
 def read_bytes(url: str) -> bytes:

@@ -197,6 +197,7 @@ class S3Reader:
                 status = response.status
                 got = {k.lower(): v for k, v in response.getheaders()}
                 if status in (200, 206):
+                    body: bytearray | memoryview
                     if method == "HEAD":
                         response.read()           # frees the connection for the next
                         body = bytearray()

@@ -76,8 +76,12 @@ class WriteBehind:
 
     # -- the TierWriter side the fetch sees ------------------------------------------------
 
-    def write_at(self, offset: int, data: bytes) -> None:
-        if self.hold is not None and not self.hold.is_set():
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Queue a chunk, or note it to copy from the fast tier at `finish`: while the
+        copies are held, when the queue is full, and when `data` is a view into the fast
+        tier's own memory (a fetch that read in place: the bytes are there already, and a
+        queued view would keep that memory mapped writable, which its seal refuses)."""
+        if isinstance(data, memoryview) or (self.hold is not None and not self.hold.is_set()):
             with self._lock:
                 self._missing.append((offset, len(data)))
             return
