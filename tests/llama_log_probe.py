@@ -1,6 +1,7 @@
 """Run in a fresh process: load a GGUF's vocabulary (vocab_only) through the llama.cpp
-build strato picks (core/engine/cpu_variant.py, STRATO_CPU_VARIANT) and print the lines
-of llama.cpp's metadata dump ("- kv N: key type = value"), one per key, as JSON.
+build strato picks (core/engine/cpu_variant.py, STRATO_CPU_VARIANT) and print, as JSON,
+the lines of llama.cpp's metadata dump ("- kv N: key type = value", one per key) and its
+vocabulary lines (special and end-of-generation tokens: "load: ...", "print_info: ...").
 
 A separate process because the build is chosen once per process, at the first import of
 llama_cpp, and because strato's own log callback drops llama.cpp's INFO lines.
@@ -15,7 +16,7 @@ import json
 import sys
 
 
-def metadata_dump(model: str) -> list[str]:
+def log_lines(model: str) -> dict[str, list[str]]:
     from core.engine import cpu_variant  # noqa: F401  (sets LLAMA_CPP_LIB_PATH)
     from core.engine.llama import ll
 
@@ -33,9 +34,11 @@ def metadata_dump(model: str) -> list[str]:
     if not handle:
         sys.exit(f"llama.cpp could not load {model}")
     ll.llama_model_free(handle)
-    text = "".join(lines)
-    return [line for line in text.splitlines() if "- kv " in line]
+    text = "".join(lines).splitlines()
+    return {"kv": [line for line in text if "- kv " in line],
+            "vocab": [line for line in text if line.startswith("load:")
+                      or line.startswith("print_info:") and "token" in line]}
 
 
 if __name__ == "__main__":
-    print(json.dumps(metadata_dump(sys.argv[1])))
+    print(json.dumps(log_lines(sys.argv[1])))

@@ -1,9 +1,13 @@
 """strato's llama.cpp patch set (layers/llama-cpp/patches, README "llama.cpp patches").
 
-- The loader patch makes llama.cpp format a metadata array only as far as its log line
-  prints it. What it prints must not change: the lines of the installed build(s) are
+- The loader patch (0001) makes llama.cpp format a metadata array only as far as its log
+  line prints it. What it prints must not change: the lines of the installed build(s) are
   compared with upstream's, recorded from the unpatched llama-cpp-python 0.3.36 loading
   the same model (the cut-off array values are where a wrong cut would show).
+- The vocabulary patch (0002) compares a token with the special-token literals only when
+  its first bytes allow a match: every literal in those loops must pass that filter, and
+  the special, control and end-of-generation tokens llama.cpp reports for Gemma 3 and
+  SmolLM2 must be upstream's (tests/llama_vocab_upstream.json).
 - patched-sdist.sh: every patch applies with `patch -p1` in name order, the result keeps
   the sdist's name, the same patch set is not redone, a changed one is. Run on a stand-in
   sdist holding only the patched files, rebuilt from `make install`'s patched sdist by
@@ -44,7 +48,7 @@ UPSTREAM_ARRAY_LINES = [
 ]
 
 
-def metadata_dump(model: Path, variant: str) -> list[str]:
+def log_lines(model: Path, variant: str) -> dict[str, list[str]]:
     """tests/llama_log_probe.py in a fresh process with STRATO_CPU_VARIANT=variant."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("LLAMA_CPP_LIB_PATH", "STRATO_CPU_VARIANT_LIB_PATH")}
@@ -53,21 +57,58 @@ def metadata_dump(model: Path, variant: str) -> list[str]:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert done.returncode == 0, f"rc={done.returncode}\n{done.stderr[-3000:]}"
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("variant", [cv.PORTABLE, cv.AVX512])
-def test_metadata_dump_prints_what_upstream_printed(gemma_path, variant) -> None:
+def skip_unless_runnable(variant: str) -> None:
     if variant == cv.AVX512:
         if cv.installed_avx512_dir() is None:
             pytest.skip("no AVX-512 build installed here (x86_64 `make install` makes one)")
         missing = cv.AVX512_REQUIRED - (cv.glibc_cpu_flags() or frozenset())
         if missing:
             pytest.skip("this CPU lacks " + ", ".join(sorted(missing)))
-    lines = metadata_dump(gemma_path, variant)
+
+
+@pytest.mark.parametrize("variant", [cv.PORTABLE, cv.AVX512])
+def test_metadata_dump_prints_what_upstream_printed(gemma_path, variant) -> None:
+    skip_unless_runnable(variant)
+    lines = log_lines(gemma_path, variant)["kv"]
     assert len(lines) == 33, lines
     assert [line for line in lines if " arr[" in line] == UPSTREAM_ARRAY_LINES
     assert "tokenizer.ggml.bos_token_id u32              = 2" in lines[23]
+
+
+@pytest.mark.parametrize("variant", [cv.PORTABLE, cv.AVX512])
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])
+def test_special_tokens_are_the_ones_upstream_found(gemma_path, model, variant) -> None:
+    from tests.smollm2 import ensure
+
+    skip_unless_runnable(variant)
+    path = gemma_path if model == "gemma3-270m" else ensure()
+    upstream = json.loads((ROOT / "tests" / "llama_vocab_upstream.json").read_text())[model]
+    # sorted: the "control token ... not marked as EOG" lines follow the token map's
+    # iteration order, which 0001's reserve changed; the set of lines did not change
+    assert sorted(log_lines(path, variant)["vocab"]) == upstream
+
+
+def test_every_special_token_literal_passes_the_vocabulary_patch_filter() -> None:
+    """0002 skips tokens that start with none of '<', '[', '_', "\u2581<": a literal that
+    starts otherwise (a newer llama.cpp may add one) would never be found."""
+    import re
+
+    with tarfile.open(PATCHED_SDIST) as tar:
+        member = tar.extractfile(f"{NAME}/vendor/llama.cpp/src/llama-vocab.cpp")
+        source = member.read().decode() if member else ""
+    region = source[source.index("auto-detect special tokens by text"):
+                    source.index("// sanity checks")]
+    literals = re.findall(r't\.first == "([^"]*)"', region)
+    assert len(literals) > 50
+    assert [lit for lit in literals if not lit.startswith(("<", "[", "_", "\u2581<"))] == []
+    # and every condition that compares a token's text with one is behind the filter
+    conditions = re.findall(r"if \((.*?)\) \{", region, flags=re.S)
+    unguarded = [c for c in conditions
+                 if 't.first == "' in c and not c.startswith("!maybe_special ? false :")]
+    assert unguarded == []
 
 
 # ---- patched-sdist.sh ------------------------------------------------------------------

@@ -96,3 +96,28 @@ def test_samconfig_builds_exactly_one_package_type(env_name: str, excluded: set[
     kind = "IsImage" if env_name == "default" else "IsZip"
     assert excluded == {k for k, v in resources.items() if v.get("Condition") == kind
                         and "Metadata" in v}
+
+
+@pytest.mark.parametrize("runtime", ["this", "other"])
+def test_function_zip_ships_bytecode_for_its_runtime_only(tmp_path: Path, runtime: str) -> None:
+    """layers/compile-bytecode.sh: Lambda's code is read-only, so a zip without bytecode
+    is compiled again at every cold start. Built with the runtime's interpreter, every
+    module gets an unchecked-hash .pyc (PEP 552 flags 0b01: no mtime to compare); built
+    with another one, the zip ships source only and says so."""
+    import sys
+
+    version = "%d.%d" % sys.version_info[:2] if runtime == "this" else "3.99"
+    done = subprocess.run(["make", "-f", "layers/function/Makefile", "build-ApiFunction",
+                           f"ARTIFACTS_DIR={tmp_path}", f"PY_VERSION={version}",
+                           f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sources = sorted(tmp_path.rglob("*.py"))
+    compiled = sorted(tmp_path.rglob("*.pyc"))
+    assert len(sources) > 50
+    if runtime == "other":
+        assert compiled == [] and "ships source only" in done.stderr
+        return
+    tag = sys.implementation.cache_tag
+    assert {p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc" for p in sources} == set(compiled)
+    assert {int.from_bytes(p.read_bytes()[4:8], "little") for p in compiled} == {0b01}

@@ -122,6 +122,10 @@ class TierWriter(Protocol):
 
     Invariants: nothing a writer does is visible through `Tier.contains`/`Tier.path`
     until `commit`; `abort` (or a crash) leaves nothing that looks like a model.
+
+    A writer whose blob is memory may also offer `buffer(offset, length) -> memoryview`,
+    the blob's own bytes, writable (tiers.ram.RamWriter): the fetch then reads into it
+    in place instead of calling `write_at` (tiers.fetch.ChunkFetch.in_place).
     """
 
     def write_at(self, offset: int, data: bytes) -> None: ...
