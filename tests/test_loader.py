@@ -75,6 +75,38 @@ def test_fetched_bytes_land_in_the_ram_tier_in_place(model: bytes, tmp_path: Pat
     handle.release()
 
 
+def test_a_build_offered_early_defers_the_header_parse_past_the_fetch(
+        model: bytes, tmp_path: Path, http_root, monkeypatch) -> None:
+    """With a manifest's plan (chunk digests, the GGUF summary in its metadata) and an
+    early build, the loader's own header parse (GIL-bound Python) waits until every
+    chunk is in: `on_header` still gets the header, after the last read, and so does the
+    handle."""
+    import dataclasses
+
+    from tiers import remote
+
+    (http_root.directory / "m.gguf").write_bytes(model)
+    plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
+                               meta={"gguf": {"architecture": "llama"}})
+    reads: list[int] = []
+    read_range = remote.read_range
+
+    def counted(url: str, start: int, end: int, into=None):
+        reads.append(end)
+        return read_range(url, start, end, into)
+
+    monkeypatch.setattr(remote, "read_range", counted)
+    seen: list[tuple[int, object]] = []
+    offered: list = []
+    handle = Loader(tiers_in(tmp_path), streams=4).load(
+        plan, on_header=lambda h: seen.append((max(reads), h)),
+        on_early=lambda blob: (offered.append(blob.header), blob.close()))
+    assert offered == [None]                          # offered on the verified chunks
+    assert [end for end, _ in seen] == [len(model)]   # parsed once, after the last read
+    assert seen[0][1] == handle.header == parse(model)
+    handle.release()
+
+
 def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,
                                                           http_root) -> None:
     (http_root.directory / "m.gguf").write_bytes(model)

@@ -5,7 +5,9 @@ many concurrent ranged reads straight into every target tier at once, so RAM and
 (and EFS behind them) fill in one pass:
 
 1. the chunks covering the GGUF header come first; the header is parsed as soon as
-   they land and handed to `on_header` (the server can describe the model meanwhile);
+   they land and handed to `on_header` (the server can describe the model meanwhile),
+   except for a build offered on the verified header chunks (`on_early` with a
+   manifest): it needs no parse, so the parse waits until the gate has opened;
 2. every chunk is decompressed (zstd) and verified against its BLAKE3 as it lands; a
    bad or short chunk is fetched again, with exponential backoff, a bounded number of
    times; a source that keeps failing ends in SourceUnavailable / IntegrityError;
@@ -306,11 +308,10 @@ class Loader:
                              retries=self.retries, backoff=self.backoff,
                              on_header=header_seen, on_progress=on_progress, start=start,
                              on_head=lambda: offer_early(None), bulk_after=bulk_after)
-            header, digest = job.run()
-            self._headers[digest] = header
+            parsed, digest = job.run()
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,
-                    "name": plan.name, **({"gguf": header.summary()}
-                                          if "gguf" not in plan.meta else {})}
+                    "name": plan.name, **({"gguf": parsed.summary()}
+                                          if "gguf" not in plan.meta and parsed else {})}
             now = [(t, w) for t, w in writers if not isinstance(w, WriteBehind)]
             later = [(t, w) for t, w in writers if isinstance(w, WriteBehind)]
             for tier, w in now:
@@ -326,6 +327,16 @@ class Loader:
         fastest.pin(digest)
         for blob in early:
             blob.gate.open()
+        try:    # after the gate: a deferred parse (tiers.fetch) holds no build back
+            header = parsed or read_header_file(fastest.path(digest))
+            if parsed is None:
+                header_seen(header)
+        except BaseException:
+            fastest.unpin(digest)
+            for _, w in later:
+                w.abort()
+            raise
+        self._headers[digest] = header
         if later:
             fastest.pin(digest)          # held until the tiers behind it are filled
             self._background(self._persist, fastest, later, digest, meta, size)
