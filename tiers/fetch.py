@@ -334,6 +334,8 @@ class ChunkFetch:
                 return index
             except (TransientError, _ChunkFailed) as exc:
                 failures.append(exc)
+                # str(exc): a record holding the exception holds its traceback, and
+                # with it the views of a read in place (the memfd stays mapped writable)
                 log.warning("chunk %d of %s failed (attempt %d): %s", index, plan.label,
                             attempt + 1, str(exc))
                 if attempt < self.retries:

@@ -45,10 +45,10 @@ def load() -> ModuleType:
 def _completer(package: ModuleType) -> Any:
     """The package's module `__getattr__` until its `__init__` has run: runs it (once,
     under a lock: two threads may ask at once) and answers from the result."""
-    done = threading.Lock()
+    once = threading.Lock()
 
     def __getattr__(name: str) -> Any:
-        with done:
+        with once:
             if package.__dict__.get("__getattr__") is __getattr__:
                 del package.__dict__["__getattr__"]
                 try:
