@@ -26,6 +26,21 @@ def tiers_in(tmp_path: Path, ram: int = 64 << 20, disk: int = 64 << 20) -> list:
     return [RamTier(ram), DiskTier(tmp_path / "cache", disk)]
 
 
+def recorded_reads(monkeypatch) -> list[tuple[int, int]]:
+    """Every ranged read the loader makes from here on, as (start, end), in order."""
+    from tiers import remote
+
+    reads: list[tuple[int, int]] = []
+    read_range = remote.read_range
+
+    def recorded(url: str, start: int, end: int, into=None):
+        reads.append((start, end))
+        return read_range(url, start, end, into)
+
+    monkeypatch.setattr(remote, "read_range", recorded)
+    return reads
+
+
 def test_cold_load_from_each_store_fills_every_tier(store: Store, model: bytes,
                                                     tmp_path: Path) -> None:
     url = store.put("blobs/tiny.gguf", model)
@@ -83,23 +98,14 @@ def test_a_build_offered_early_defers_the_header_parse_past_the_fetch(
     handle."""
     import dataclasses
 
-    from tiers import remote
-
     (http_root.directory / "m.gguf").write_bytes(model)
     plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
                                meta={"gguf": {"architecture": "llama"}})
-    reads: list[int] = []
-    read_range = remote.read_range
-
-    def counted(url: str, start: int, end: int, into=None):
-        reads.append(end)
-        return read_range(url, start, end, into)
-
-    monkeypatch.setattr(remote, "read_range", counted)
+    reads = recorded_reads(monkeypatch)
     seen: list[tuple[int, object]] = []
     offered: list = []
     handle = Loader(tiers_in(tmp_path), streams=4).load(
-        plan, on_header=lambda h: seen.append((max(reads), h)),
+        plan, on_header=lambda h: seen.append((max(end for _, end in reads), h)),
         on_early=lambda blob: (offered.append(blob.header), blob.close()))
     assert offered == [None]                          # offered on the verified chunks
     assert [end for end, _ in seen] == [len(model)]   # parsed once, after the last read
@@ -253,19 +259,10 @@ def test_bulk_reads_wait_for_bulk_after(model: bytes, tmp_path: Path, http_root,
     event is set, and the blob is whole."""
     import threading
 
-    from tiers import remote
-
     (http_root.directory / "m.gguf").write_bytes(model)
     plan = plan_for(f"{http_root.url}/m.gguf", model, CHUNK)
     head_bytes = plan.header_chunks * CHUNK
-    reads: list[tuple[int, int]] = []
-    read_range = remote.read_range
-
-    def counted(url: str, start: int, end: int, into=None):
-        reads.append((start, end))
-        return read_range(url, start, end, into)
-
-    monkeypatch.setattr(remote, "read_range", counted)
+    reads = recorded_reads(monkeypatch)
     reached = threading.Event()
 
     class Bulk(threading.Event):

@@ -1,8 +1,9 @@
 """Import llama_cpp on a thread, as early as a process knows it will load a model.
 
-Importing llama_cpp (numpy, the ctypes bindings of a few thousand functions, loading
-libllama and libggml) takes 0.15-0.2 s alone and far longer beside the rest of a cold
-start, and the model build cannot begin before it has finished. The model manager
+Importing llama.cpp's bindings (core.engine.bindings: the ctypes definitions of a few
+thousand functions, loading libllama and libggml) and the engine takes 0.05-0.08 s, and
+longer beside the rest of a cold start; the model build cannot begin before it has
+finished. The model manager
 starts it when it is created, beside the rest of the set-up and the manifest read
 (measured: starting it earlier, before the serving stack's own imports, made those
 slower by as much as it gained: they all hold the GIL). A second call does nothing;
