@@ -24,6 +24,11 @@ sources' mtimes), as its deployments ship them (layers/compile-bytecode.sh, the 
 the peers' libraries were compiled by pip when they were installed, and a run on source
 alone recompiles every strato module in every cold process (0.13 s here, median of 8).
 
+Between two timed runs (untimed) the machine is brought back to rest: `sync` writes out
+the dirty pages the last run left (the plain path's /tmp download, strato's disk-tier
+copy: 2.4 GB each with the large model), so the next run does not share the CPU and the
+disk with the kernel's writeback of the previous one.
+
 Two models: the bundled Gemma 3 270M (253 MB) and a Gemma-3-4B-shaped Q4_K file with
 random weights (~2.4 GB, bench/synthetic_gguf.py, cached under --cache). Rounds
 alternate the order of the paths. Printed: per-path medians and spread, ratios, the
@@ -259,6 +264,12 @@ class Bench:
         return Run(total, {"process start": start, "fetch": fetch, **load})
 
 
+def settle() -> None:
+    """Untimed, before each run: write out what earlier runs left dirty (the module
+    docstring says why)."""
+    os.sync()
+
+
 def compile_strato() -> None:
     """Bytecode for strato's packages, as a deployment has it (see the module docstring)."""
     subprocess.run([sys.executable, "-m", "compileall", "-q",
@@ -428,6 +439,7 @@ def main() -> int:
                 for r in range(args.rounds):
                     order = list(paths) if r % 2 == 0 else list(reversed(paths))
                     for name in order:
+                        settle()
                         run = paths[name](model)
                         runs[name].append(run)
                         print(f"  {model.name} round {r + 1} {name}: {run.seconds:.2f} s",

@@ -16,13 +16,14 @@ from tiers.loader import Loader
 from tiers.tier_config import TierSpecError, build_tiers
 from tiers.vram import VramTier
 
-_METRIC = {"hit": metrics.tier_hits_total, "miss": metrics.tier_misses_total,
-           "bytes": metrics.tier_bytes_total, "eviction": metrics.tier_evictions_total}
+_METRIC = {"hit": "tier_hits_total", "miss": "tier_misses_total", "bytes": "tier_bytes_total",
+           "eviction": "tier_evictions_total"}
 
 
 def record_tier_event(kind: str, tier: str, value: float) -> None:
     """TierStats sink: tiers/ reports, core/ owns the Prometheus names."""
-    _METRIC[kind].labels(tier=tier).inc(value)
+    name = _METRIC[kind]
+    metrics.later(lambda c: getattr(c, name).labels(tier=tier).inc(value))
 
 
 def build_loader(settings: Settings) -> tuple[Loader, VramTier | None]:

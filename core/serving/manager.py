@@ -487,6 +487,7 @@ class ModelManager:
             header, size = handle.header, handle.size
         attempts = self._gpu_attempts(source, header, size)
         held = {"hold": hold} if hold is not None else {}
+        metrics.import_in_background()    # while llama.cpp builds without the GIL
         for i, n_gpu_layers in enumerate(attempts):
             try:
                 return _engine_class().load(path, name=key, settings=self.settings,
@@ -532,8 +533,8 @@ class ModelManager:
     def _on_progress(self, key: str, p: Progress) -> None:
         previous = self._progress.get(key)
         self._progress[key] = p
-        metrics.load_progress_bytes.labels(model=key).set(p.done)
-        metrics.load_throughput_bytes.labels(model=key).set(p.rate)
+        metrics.later(lambda c: (c.load_progress_bytes.labels(model=key).set(p.done),
+                                 c.load_throughput_bytes.labels(model=key).set(p.rate)))
         if previous is None or p.seconds - previous.seconds >= 2 or p.done == p.total:
             log.info("loading %s: %.0f/%.0f MB, %.1f MB/s, eta %s", key, p.done / 1e6,
                      p.total / 1e6, p.rate / 1e6,
