@@ -78,3 +78,41 @@ def test_the_real_gemma_header(gemma_path: Path) -> None:
     with open(gemma_path, "rb") as f:
         prefix = f.read(h.data_offset)
     assert parse(prefix).tensors == h.tensors
+
+
+def test_a_local_file_is_parsed_in_one_pass_over_its_mapping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tiers.gguf_header as gguf_header
+
+    path = write_tiny_gguf(tmp_path / "t.gguf", vocab=20_000)
+    passes: list[int] = []
+    real_parse = gguf_header.parse
+
+    def counted(buf: bytes | memoryview, file_size: int | None = None) -> object:
+        passes.append(len(buf))
+        return real_parse(buf, file_size)
+
+    monkeypatch.setattr(gguf_header, "parse", counted)
+    h = read_header_file(str(path))
+    assert passes == [path.stat().st_size]             # the whole file, once
+    assert {t.name: (t.offset, t.size) for t in h.tensors} == reference(path)
+
+
+def test_a_local_file_that_is_not_a_whole_gguf_is_refused(tmp_path: Path) -> None:
+    data = write_tiny_gguf(tmp_path / "t.gguf", vocab=20_000).read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:5000])                       # ends inside the vocabulary
+    with pytest.raises(CorruptModel, match="truncated at byte 5000"):
+        read_header_file(str(cut))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + data[4:])
+    with pytest.raises(CorruptModel, match="magic"):
+        read_header_file(str(bad))
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptModel, match="truncated at byte 0"):
+        read_header_file(str(empty))
+    data_cut = tmp_path / "short.gguf"
+    data_cut.write_bytes(data[:-1])                    # header whole, tensor data short
+    with pytest.raises(CorruptModel, match="tensors end at"):
+        read_header_file(str(data_cut))

@@ -9,6 +9,8 @@ decoded unless they are needed, which keeps a 262k-token vocabulary cheap.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -266,12 +268,25 @@ def read_header(read: Callable[[int, int], bytes], file_size: int | None = None,
 
 
 def read_header_file(path: str) -> GGUFHeader:
-    """Header of a local file (push, inspect, disk-tier hits)."""
-    import os
+    """Header of a local file (push, inspect, tier hits, the loader's deferred parse),
+    parsed in one pass over the file's mapping.
 
+    Read through `read_header`, a 1 MiB first read of a 262k-token vocabulary's header
+    (6.5 MB) ended inside the vocabulary twice: three parses, 590k string lengths
+    unpacked, 0.15 s of GIL-bound Python, which on a cold start runs beside the
+    llama.cpp build. Mapped, the whole file is there: one parse, 0.06 s.
+    """
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        def read(start: int, end: int) -> bytes:
-            f.seek(start)
-            return f.read(end - start)
-        return read_header(read, size)
+    if size == 0:
+        raise CorruptModel("GGUF header is truncated at byte 0")
+    failure: CorruptModel
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        try:
+            return parse(mapped, size)      # no view of the mapping outlives the parse
+        except CorruptModel as exc:
+            # A new error: the caught one's traceback holds views of the mapping, which
+            # would keep it from closing.
+            failure = CorruptModel(str(exc))
+        except NeedMore:
+            failure = CorruptModel(f"GGUF header is truncated at byte {size}")
+    raise failure
