@@ -282,7 +282,7 @@ def read_header_file(path: str) -> GGUFHeader:
     failure: CorruptModel
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         try:
-            return parse(mapped, size)      # no view of the mapping outlives the parse
+            return parse(memoryview(mapped), size)   # no view outlives the parse
         except CorruptModel as exc:
             # A new error: the caught one's traceback holds views of the mapping, which
             # would keep it from closing.
