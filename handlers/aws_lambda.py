@@ -4,7 +4,8 @@ Lambda runs this module under its runtime interface client (`python -m awslambda
 handlers.aws_lambda.handler`); importing it is the init phase. Init reads and checks
 the settings for the mode Lambda started it in (handlers.lambda_modes: a setting the mode
 cannot run fails init, reported through the Runtime API), builds the model service and
-loads the default model. Init is billed like an invocation on every kind of function
+loads the default model. The load begins before Powertools, Mangum and the HTTP app are
+imported (`_begin`), so its fetch and llama.cpp build overlap those imports. Init is billed like an invocation on every kind of function
 (on-demand init too, since August 2025), so loading here costs the same as loading in
 the first request; doing it here means the first request finds the model ready.
 
@@ -40,20 +41,49 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.metrics.provider import cold_start
-from mangum import Mangum
-
-from core import metrics as prometheus
 from core.config import Settings, from_env
-from core.serving import Engine, ModelService
+from core.serving import Engine, ModelManager, ModelService
 from handlers import lambda_modes as lambda_env
-from handlers import snapstart
-from handlers.http import Completed, build_service, create_app
 from handlers.lambda_modes import Mode
+
+
+def _begin(mode: Mode) -> tuple[Settings, ModelService, asyncio.AbstractEventLoop,
+                                asyncio.Task[Engine] | None, threading.Thread | None]:
+    """Init, first part: the settings for the mode, then the default model's load on
+    the init loop, run by a thread while the rest of this module imports.
+
+    Powertools, Mangum and the HTTP app (Starlette) take about 0.2 s to import on two
+    vCPUs; begun before them, the load's fetch and its llama.cpp build (which run
+    without the GIL) overlap that time instead of following it. The loop is handed back
+    to the main thread by `_init`, once the imports are done.
+    """
+    settings = from_env()
+    lambda_env.check(settings, mode)
+    service = ModelManager(settings)
+    loop = asyncio.new_event_loop()
+    if service.default_model is None:
+        return settings, service, loop, None, None
+    load = loop.create_task(service.engine(None))
+    runner = threading.Thread(target=loop.run_forever, name="strato-init-loop", daemon=True)
+    runner.start()
+    return settings, service, loop, load, runner
+
+
+MODE = lambda_env.detect()
+settings, service, loop, _load, _runner = _begin(MODE)
+
+# The rest of the imports come after the load has begun (see _begin).
+from aws_lambda_powertools import Logger, Metrics, Tracer  # noqa: E402
+from aws_lambda_powertools.metrics import MetricUnit  # noqa: E402
+from aws_lambda_powertools.metrics.provider import cold_start  # noqa: E402
+from mangum import Mangum  # noqa: E402
+
+from core import metrics as prometheus  # noqa: E402
+from handlers import snapstart  # noqa: E402
+from handlers.http import Completed, create_app  # noqa: E402
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "strato")
 
@@ -73,17 +103,15 @@ def record(done: Completed) -> None:
                        value=done.completion_tokens)
 
 
-def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
-    """Settings, service and the default model (see the module docstring for how long
-    init waits), on the loop every invocation will use."""
-    settings = from_env()
-    lambda_env.check(settings, MODE)
+def _init(load: asyncio.Task[Engine] | None, runner: threading.Thread | None) -> None:
+    """Init, second part: the loop back on the main thread, then as long a wait for
+    the default model's load as the mode wants (see the module docstring)."""
     logger.info("strato init", extra={"settings": settings.public(), "mode": MODE.value})
-    service = build_service(settings)
-    loop = asyncio.new_event_loop()
+    if runner is not None:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
     asyncio.set_event_loop(loop)
-    if service.default_model is not None:
-        load = loop.create_task(service.engine(None))
+    if load is not None:
         load.add_done_callback(_loaded)
         budget = lambda_env.init_budget(settings, MODE)
         wait = None if budget is None else max(0.0, budget - lambda_env.process_age())
@@ -94,7 +122,6 @@ def _init() -> tuple[Settings, ModelService, asyncio.AbstractEventLoop]:
         elif (exc := load.exception()) is not None and MODE is Mode.SNAPSTART:
             raise exc                           # init error through the Runtime API
     prometheus.cold_starts_total.inc()
-    return settings, service, loop
 
 
 def _loaded(task: asyncio.Task[Engine]) -> None:
@@ -122,8 +149,7 @@ def after_restore() -> None:
     logger.info("restored", extra=facts)
 
 
-MODE = lambda_env.detect()
-settings, service, loop = _init()
+_init(_load, _runner)
 app = create_app(settings, service, observer=record)
 _asgi = Mangum(app, lifespan="off")
 if MODE is Mode.SNAPSTART:
