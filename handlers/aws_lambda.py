@@ -5,9 +5,10 @@ handlers.aws_lambda.handler`); importing it is the init phase. Init reads and ch
 the settings for the mode Lambda started it in (handlers.lambda_modes: a setting the mode
 cannot run fails init, reported through the Runtime API), builds the model service and
 loads the default model. The load begins before Powertools, Mangum and the HTTP app are
-imported (`_begin`), so its fetch and llama.cpp build overlap those imports. Init is billed like an invocation on every kind of function
-(on-demand init too, since August 2025), so loading here costs the same as loading in
-the first request; doing it here means the first request finds the model ready.
+imported (`_begin`), so its fetch and llama.cpp build overlap those imports. Init is
+billed like an invocation on every kind of function (on-demand init too, since August
+2025), so loading here costs the same as loading in the first request; doing it here
+means the first request finds the model ready.
 
 How long init waits for the model depends on the mode:
 
