@@ -318,3 +318,41 @@ def test_with_environment_keys_remote_reads_through_it(s3_bucket, monkeypatch, t
     assert remote.info(url).size == len(DATA)
     with pytest.raises(ObjectNotFound):
         remote.read_bytes(f"{s3_bucket}/m/absent.json")
+
+
+class _NoLength(BaseHTTPRequestHandler):
+    """Ranged GETs answered without Content-Length (the body ends when the connection
+    closes), as some S3-compatible stores and proxies answer; `extra` bytes more than
+    asked for play a store that ignored the Range."""
+
+    extra = 0
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        first, last = (int(n) for n in self.headers["Range"].split("=")[1].split("-"))
+        self.send_response(206)
+        self.end_headers()
+        self.wfile.write(DATA[first:last + 1 + self.extra])
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_body_without_length_lands_in_the_buffer_or_is_refused_when_too_long():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoLength)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = S3Reader(Credentials("AKIDEXAMPLE", SECRET, None), "us-east-1",
+                          f"http://127.0.0.1:{server.server_address[1]}")
+        buffer = memoryview(bytearray(64))
+        got = reader.get("bkt", "k.gguf", (10, 50), into=buffer)
+        assert bytes(got) == DATA[10:50] and got.obj is buffer.obj   # in place, filled part
+        assert bytes(buffer[:40]) == DATA[10:50]
+        _NoLength.extra = 100
+        with pytest.raises(SourceUnavailable, match=r"s3://bkt/k.gguf: 140 bytes answered "
+                                                    r"for a read of 64"):
+            reader.get("bkt", "k.gguf", (10, 50), into=memoryview(bytearray(64)))
+    finally:
+        _NoLength.extra = 0
+        server.shutdown()
+        server.server_close()

@@ -281,15 +281,18 @@ def read_range(url: str, start: int, end: int, into: memoryview | None = None
     fs, path = filesystem(url)
     with translated(url):
         data = fs.cat_file(path, start=start, end=end)
-    return _placed(data, into)
+    return placed(data, into, url)
 
 
-def _placed(data: bytes | bytearray, into: memoryview | None) -> bytes | bytearray | memoryview:
-    """`data` itself, or copied into the front of `into` (the part it fills)."""
+def placed(data: bytes | bytearray, into: memoryview | None, where: str
+           ) -> bytes | bytearray | memoryview:
+    """`data` itself, or copied into the front of `into` (the part it fills); more
+    bytes than `into` holds is a SourceUnavailable (the store ignored the Range)."""
     if into is None:
         return data
     if len(data) > len(into):
-        raise SourceUnavailable(f"{len(data)} bytes answered for a read of {len(into)}")
+        raise SourceUnavailable(f"{where}: {len(data)} bytes answered for a read of "
+                                f"{len(into)}")
     into[:len(data)] = data
     return into[:len(data)]
 
@@ -367,7 +370,7 @@ def _s3_get(url: str, span: tuple[int, int] | None, into: memoryview | None = No
             data: bytes = body.read()
         finally:
             body.close()
-        return _placed(data, into)
+        return placed(data, into, url)
 
 
 def read_bytes(url: str) -> bytes:

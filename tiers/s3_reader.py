@@ -275,21 +275,18 @@ def _read_body(response: http.client.HTTPResponse, where: str,
     is a TransientError (the connection was cut), a longer one than `into` holds a
     SourceUnavailable (the store ignored the Range)."""
     length = response.getheader("Content-Length")
-    if length is None and into is None:
-        return bytearray(response.read())
     if length is None:
-        data = response.read()
-        size = len(data)
-    else:
-        size = int(length)
+        if into is None:
+            return bytearray(response.read())
+        from tiers.remote import placed  # imported already: it is what calls this
+
+        return placed(response.read(), into, where)  # type: ignore[return-value]
+    size = int(length)
     if into is not None and size > len(into):
         response.close()
         raise SourceUnavailable(f"{where}: {size} bytes answered for a read of "
                                 f"{len(into)}")
     view = into[:size] if into is not None else memoryview(bytearray(size))
-    if length is None:
-        view[:] = data
-        return view
     got = 0
     while got < size:
         n = response.readinto(view[got:])
