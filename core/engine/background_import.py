@@ -3,11 +3,10 @@
 Importing llama.cpp's bindings (core.engine.bindings: the ctypes definitions of a few
 thousand functions, loading libllama and libggml) and the engine takes 0.05-0.08 s, and
 longer beside the rest of a cold start; the model build cannot begin before it has
-finished. The model manager
-starts it when it is created, beside the rest of the set-up and the manifest read
-(measured: starting it earlier, before the serving stack's own imports, made those
-slower by as much as it gained: they all hold the GIL). A second call does nothing;
-this module imports nothing heavy itself.
+finished. The model manager starts it when it is created, beside the rest of the set-up
+and the manifest read (measured: starting it earlier, before the serving stack's own
+imports, made those slower by as much as it gained: they all hold the GIL). A second
+call does nothing; this module imports nothing heavy itself.
 """
 
 from __future__ import annotations
