@@ -64,7 +64,12 @@ $(LLAMA_AVX512)/.flags: layers/llama-cpp/build-avx512-libs.sh layers/llama-cpp/p
 		nice sh layers/llama-cpp/build-avx512-libs.sh $(LLAMA_AVX512)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/lock.txt $(LLAMA_WHEEL) $(if $(LLAMA_AVX512),$(LLAMA_AVX512)/.flags)
-	$(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]'
+	# compat: a path line in a .pth, not setuptools' import-hook finder, whose import cost
+	# every interpreter (each `strato` command, each cold start) about 0.02 s. setuptools
+	# calls the mode transitional: should a release drop it, the default mode is used.
+	$(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]' \
+		--config-settings editable_mode=compat \
+		|| $(BIN)/pip install --find-links $(WHEELS) -c requirements/lock.txt -e '.[dev]'
 	# A venv that had llama-cpp-python already keeps it otherwise (same version number).
 	$(BIN)/pip install --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip check
