@@ -56,6 +56,36 @@ def test_a_header_larger_than_the_first_read_is_fetched_in_more_reads(tmp_path: 
         parse(data[:1024])
 
 
+def test_a_header_fed_in_pieces_parses_each_record_about_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HeaderParser resumes at the first record it could not finish: a short prefix
+    costs that one record again, not a parse of everything before it."""
+    import struct
+
+    import tiers.gguf_header as gguf_header
+
+    data = write_tiny_gguf(tmp_path / "t.gguf", vocab=20_000).read_bytes()
+    whole = parse(data)
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    values: list[int] = []
+    real_value = gguf_header._value
+
+    def counted(cur: object, vtype: int, keep: bool) -> object:
+        values.append(vtype)
+        return real_value(cur, vtype, keep)      # type: ignore[arg-type]
+
+    monkeypatch.setattr(gguf_header, "_value", counted)
+    parser = gguf_header.HeaderParser(len(data))
+    cuts = range(64, whole.header_size, whole.header_size // 40)
+    for cut in cuts:
+        with pytest.raises(NeedMore) as need:
+            parser.feed(data[:cut])
+        # What is missing plus one first read, not double the prefix.
+        assert cut < need.value.needed <= whole.header_size + gguf_header.FIRST_READ
+    assert parser.feed(data) == whole
+    assert n_kv <= len(values) <= n_kv + len(cuts)           # one retry per short prefix
+
+
 def test_bad_magic_and_truncation(tmp_path: Path) -> None:
     data = write_tiny_gguf(tmp_path / "t.gguf").read_bytes()
     with pytest.raises(CorruptModel, match="magic"):
