@@ -532,3 +532,32 @@ def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
 
     asyncio.run(too_small())
     assert machine.calls == [(big.size, 0), (small.size, 0)]   # CPU only: no layer steps
+
+
+def test_loads_run_on_the_build_thread(tmp_path, pushed, gemma_path, monkeypatch):
+    """Both kinds of load (built while a blob streams, and a local file) run llama.cpp on
+    core.engine.build_thread's thread, whose heap was grown before any fetch."""
+    from core.engine.llama import LlamaEngine
+
+    real_load = LlamaEngine.load.__func__
+    threads: list[str] = []
+
+    def load(cls, path, **kw):
+        threads.append(threading.current_thread().name)
+        return real_load(cls, path, **kw)
+
+    monkeypatch.setattr(LlamaEngine, "load", classmethod(load))
+
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), model=str(gemma_path)))
+        try:
+            streamed = await manager.engine("gemma3:270m")
+            local = await manager.engine(None)
+            sources = {e["source"] for e in manager.cache_report()["loaded"]}
+            assert sources == {"remote", "file"}
+            assert await first_tokens(streamed) and await first_tokens(local)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+    assert len(threads) == 2 and all(t.startswith("strato-build") for t in threads)

@@ -30,7 +30,7 @@ from core import metrics
 from core.catalog.references import DigestRef, Reference, RegistryRef
 from core.catalog.resolver import Resolver, Source
 from core.config import Settings
-from core.engine import background_import
+from core.engine import background_import, build_thread
 from core.engine.protocol import Engine, ModelInfo
 from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.serving.load_timings import LoadTimings
@@ -90,6 +90,7 @@ class ModelManager:
     def __init__(self, settings: Settings, *, budget: int | None = None) -> None:
         self.settings = settings
         background_import.start()   # llama_cpp, beside the set-up and the manifest read
+        build_thread.executor()     # its heap grown now, before any fetch (build_thread)
         self.resolver = Resolver(settings)
         self.default_model = self.resolver.default_model()
         self.loader, self.vram = build_loader(settings)
@@ -319,8 +320,9 @@ class ModelManager:
             parked = self._parked.pop(handle.digest, None) if handle is not None else None
             try:
                 with timings.timed("llama_load"):
-                    engine = await asyncio.to_thread(self._load_engine, key, path, source,
-                                                     handle, parked)
+                    engine = await asyncio.get_running_loop().run_in_executor(
+                        build_thread.executor(), self._load_engine, key, path, source,
+                        handle, parked)
             finally:
                 if parked is not None:
                     await asyncio.to_thread(parked.free)
@@ -375,8 +377,8 @@ class ModelManager:
                         source.manifest.gguf.block_count if source.manifest else 0)
             need = footprint(blob.size, self.settings.ctx, n_layers or 0, in_ram_tier=True)
             await self._make_room(key, need)
-            build = asyncio.ensure_future(asyncio.to_thread(
-                self._build_early, key, blob, source, timings))
+            build = loop.run_in_executor(build_thread.executor(), self._build_early, key,
+                                         blob, source, timings)
             fetched, built = await asyncio.gather(fetch, build, return_exceptions=True)
         finally:
             if build is None or build.done():
