@@ -21,19 +21,24 @@ from collections.abc import AsyncGenerator
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from core.config import Settings
 from core.engine import bindings
-from core.engine import chat_template as chat
 from core.engine.protocol import GenerationRequest, ModelInfo, TokenEvent
 from core.engine.sampling import SamplerChain, validate
-from core.engine.scheduler import Scheduler, Sequence
 from core.errors import BadRequest, ContextOverflow, OutOfMemory
 from tiers.errors import CorruptModel, ObjectNotFound
 
 log = logging.getLogger(__name__)
 ll = bindings.load()   # llama.cpp's C API (not the llama_cpp package's Llama class)
+
+if TYPE_CHECKING:
+    # The scheduler and the chat templates (with core.openai's tools and schemas) are
+    # imported where they are first used, a model's engine and its first chat: on a
+    # cold start the build waits for this module's import, and for nothing of theirs
+    # (core.engine.background_import imports them beside the build).
+    from core.engine.scheduler import Scheduler, Sequence
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -219,6 +224,8 @@ class LlamaEngine:
         self._embed_ctx: Any = None
         self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix=f"strato-embed-{name}")
         self._closed = False
+        from core.engine.scheduler import Scheduler
+
         self.scheduler = Scheduler(
             llama=ll, ctx=self._ctx, n_ctx=info.n_ctx, n_slots=settings.parallel,
             step_tokens=_step_tokens(settings),
@@ -353,9 +360,12 @@ class LlamaEngine:
         raise RuntimeError("llama_detokenize kept asking for a larger buffer")
 
     def render_chat(self, messages: Seq[dict[str, Any]], tools: Seq[Any] = ()) -> str:
-        return chat.render(messages, template=self.info.chat_template,
-                           architecture=self.info.architecture, bos_token=self._bos_text,
-                           eos_token=self._eos_text, tools=tools)
+        from core.engine import chat_template
+
+        return chat_template.render(messages, template=self.info.chat_template,
+                                    architecture=self.info.architecture,
+                                    bos_token=self._bos_text, eos_token=self._eos_text,
+                                    tools=tools)
 
     # -- generation ---------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> "Stream":
@@ -404,6 +414,8 @@ class LlamaEngine:
             except RuntimeError:  # the consumer's loop is gone: nobody is listening
                 for seq in seqs:
                     seq.cancelled = True
+
+        from core.engine.scheduler import Sequence
 
         seqs = [Sequence(request=request, prompt=prompt, sampler=sampler, emit=emit, index=i)
                 for i, sampler in enumerate(samplers)]
