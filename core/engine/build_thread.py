@@ -37,7 +37,8 @@ _lock = threading.Lock()
 
 def reserve_heap(nbytes: int = RESERVE) -> int:
     """Grow the calling thread's malloc heap by about `nbytes`, then free it all.
-    Returns the bytes allocated (0 where it does not apply or failed)."""
+    Returns the bytes allocated (0 where it does not apply or failed). Never raises:
+    as the executor's initializer, an exception would leave every load refused."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
@@ -47,11 +48,11 @@ def reserve_heap(nbytes: int = RESERVE) -> int:
         malloc, free = libc.malloc, libc.free
         malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
         free.restype, free.argtypes = None, [ctypes.c_void_p]
-    except (OSError, AttributeError):
+        pieces = [malloc(PIECE) for _ in range(nbytes // PIECE)]
+        for piece in pieces:
+            free(piece)
+    except Exception:  # noqa: BLE001 - best effort: the build only runs slower without it
         return 0
-    pieces = [malloc(PIECE) for _ in range(nbytes // PIECE)]
-    for piece in pieces:
-        free(piece)
     return sum(PIECE for piece in pieces if piece)
 
 

@@ -19,12 +19,14 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from core import metrics
 from core.catalog.references import DigestRef, Reference, RegistryRef
@@ -57,6 +59,7 @@ if TYPE_CHECKING:   # llama_cpp is imported only where a model is loaded
     from core.engine.llama import LlamaEngine, ParkedModel
 
 log = logging.getLogger("strato.models")
+T = TypeVar("T")
 
 
 MAX_PARKED = 2   # parked models hold their vocabulary (tens of MB for a 262k vocab)
@@ -75,6 +78,13 @@ class _Parked:
         """Free the model (unless a load took it) and release the pin."""
         self.model.free()
         self.handle.release()
+
+
+def _on_build_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`asyncio.to_thread`, on core.engine.build_thread's thread: every llama.cpp build
+    runs there (its heap was grown before any fetch), with the caller's context."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return asyncio.get_running_loop().run_in_executor(build_thread.executor(), call)
 
 
 def _engine_class() -> type[LlamaEngine]:
@@ -320,9 +330,8 @@ class ModelManager:
             parked = self._parked.pop(handle.digest, None) if handle is not None else None
             try:
                 with timings.timed("llama_load"):
-                    engine = await asyncio.get_running_loop().run_in_executor(
-                        build_thread.executor(), self._load_engine, key, path, source,
-                        handle, parked)
+                    engine = await _on_build_thread(self._load_engine, key, path, source,
+                                                    handle, parked)
             finally:
                 if parked is not None:
                     await asyncio.to_thread(parked.free)
@@ -377,8 +386,8 @@ class ModelManager:
                         source.manifest.gguf.block_count if source.manifest else 0)
             need = footprint(blob.size, self.settings.ctx, n_layers or 0, in_ram_tier=True)
             await self._make_room(key, need)
-            build = loop.run_in_executor(build_thread.executor(), self._build_early, key,
-                                         blob, source, timings)
+            build = asyncio.ensure_future(_on_build_thread(self._build_early, key, blob,
+                                                           source, timings))
             fetched, built = await asyncio.gather(fetch, build, return_exceptions=True)
         finally:
             if build is None or build.done():
