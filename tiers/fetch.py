@@ -20,7 +20,7 @@ import blake3
 from tiers import remote
 from tiers.base import BlobPlan, TierWriter, chunk_range, n_chunks
 from tiers.errors import CorruptModel, IntegrityError, SourceUnavailable, TransientError
-from tiers.gguf_header import FIRST_READ, GGUFHeader, HeaderParser, NeedMore
+from tiers.gguf_header import GGUFHeader, HeaderParser
 from tiers.timing import boottime
 
 log = logging.getLogger("strato.tiers")
@@ -124,11 +124,8 @@ class ChunkFetch:
         self.prefix = 0                # chunks [0, prefix) have all landed
         self.hasher = blake3.blake3() if plan.digest is None else None
         self.header: GGUFHeader | None = None
-        # The landed prefix's header parse, resumed as chunks land (HeaderParser): the
-        # bytes read so far and how many it asked for last.
+        # The landed prefix's header parse, resumed as chunks land (HeaderParser).
         self._parser = HeaderParser(size)
-        self._head_bytes = b""
-        self._head_want = FIRST_READ
         self.done_bytes = 0
         self.resumed = 0
         self._logged = 0.0
@@ -261,22 +258,14 @@ class ChunkFetch:
             self.stats.header_at = boottime()
             on_head()
         if self.header is None and self.prefix and not self.deferred:
-            avail = min(self.prefix * cs, self.size)
-            while True:
-                got = len(self._head_bytes)
-                want = min(self._head_want, avail)
-                if want <= got:
-                    return              # nothing new landed: wait for more chunks
-                self._head_bytes += self.writers[0].read_at(got, want - got)
-                try:
-                    header = self._parser.feed(self._head_bytes)
-                    break
-                except NeedMore as need:
-                    if want >= self.size:
-                        raise CorruptModel(f"{self.plan.label}: GGUF header is "
-                                           "truncated") from None
-                    self._head_want = max(need.needed, self._head_want)
-            self._head_bytes = b""
+            landed = self.writers[0]
+            try:
+                header = self._parser.read(lambda start, end: landed.read_at(start, end - start),
+                                           available=min(self.prefix * cs, self.size))
+            except CorruptModel as exc:
+                raise CorruptModel(f"{self.plan.label}: {exc}") from None
+            if header is None:
+                return                  # wait for more chunks to land
             self.header = header
             self.stats.header_at = self.stats.header_at or boottime()
             if self.on_header is not None:

@@ -203,13 +203,43 @@ class HeaderParser:
     parsed about once, however many reads the header takes.
     """
 
-    def __init__(self, file_size: int | None = None) -> None:
+    def __init__(self, file_size: int | None = None, first: int = FIRST_READ) -> None:
         self.file_size = file_size
         self._pos = 0                    # where the first unfinished record starts
         self._counts: tuple[int, int, int] | None = None   # version, tensors, key/values
         self._meta: dict[str, Any] = {}
         self._kv_done = 0
         self._infos: list[tuple[str, tuple[int, ...], int, int]] = []
+        self._read = b""                 # the prefix `read` has fetched so far
+        self._want = first               # how long the next prefix should be
+
+    def read(self, read: Callable[[int, int], bytes],
+             available: int | None = None) -> GGUFHeader | None:
+        """Fetch the prefix with `read(start, end)` (each read continuing where the last
+        ended, as long as the last NeedMore asked) and parse on. `available`: how many
+        bytes can be read now (a blob still landing); None: up to the file size, or
+        until `read` returns nothing. The header, or None when it needs bytes beyond
+        `available` (call again once more has landed). Raises CorruptModel when the
+        file ends inside the header."""
+        limit = available if available is not None else self.file_size
+        while True:
+            got = len(self._read)
+            want = self._want if limit is None else min(self._want, limit)
+            if want <= got:
+                if self.file_size is not None and got >= self.file_size:
+                    raise CorruptModel(f"GGUF header is truncated at byte {got}")
+                return None
+            more = read(got, want)
+            if not more:
+                raise CorruptModel(f"GGUF header is truncated at byte {got}")
+            self._read += more
+            try:
+                header = self.feed(self._read)
+            except NeedMore as need:
+                self._want = max(need.needed, self._want)
+                continue
+            self._read = b""
+            return header
 
     def feed(self, buf: bytes | memoryview) -> GGUFHeader:
         """Parse on from the last finished record. `buf` is the file's prefix, at least
@@ -295,21 +325,9 @@ def read_header(read: Callable[[int, int], bytes], file_size: int | None = None,
     `read` is a ranged read (remote or local); it may return fewer bytes at end of file.
     Each read continues where the last ended, and the parse resumes (HeaderParser).
     """
-    parser = HeaderParser(file_size)
-    buf = b""
-    want = first if file_size is None else min(first, file_size)
-    while True:
-        if want > len(buf):
-            more = read(len(buf), want)
-            buf += more
-            if not more:
-                raise CorruptModel(f"GGUF header is truncated at byte {len(buf)}")
-        try:
-            return parser.feed(buf)
-        except NeedMore as need:
-            if file_size is not None and len(buf) >= file_size:
-                raise CorruptModel(f"GGUF header is truncated at byte {len(buf)}") from None
-            want = need.needed if file_size is None else min(need.needed, file_size)
+    header = HeaderParser(file_size, first).read(read)
+    assert header is not None, "with nothing `available` capping it, a read ends or fails"
+    return header
 
 
 def read_header_file(path: str) -> GGUFHeader:
