@@ -15,6 +15,12 @@ class ObjectNotFound(StorageError):
 class SourceUnavailable(StorageError):
     """The remote kept failing after bounded retries (network, 5xx, cut connections)."""
 
+    @classmethod
+    def range_ignored(cls, where: str, size: int, room: int) -> SourceUnavailable:
+        """A ranged read answered with more bytes than asked for (`room`): the store
+        ignored the Range."""
+        return cls(f"{where}: {size} bytes answered for a read of {room}")
+
 
 class IntegrityError(StorageError):
     """Bytes did not match their BLAKE3 digest (a chunk, or the whole blob)."""

@@ -291,8 +291,7 @@ def placed(data: bytes | bytearray, into: memoryview | None, where: str
     if into is None:
         return data
     if len(data) > len(into):
-        raise SourceUnavailable(f"{where}: {len(data)} bytes answered for a read of "
-                                f"{len(into)}")
+        raise SourceUnavailable.range_ignored(where, len(data), len(into))
     into[:len(data)] = data
     return into[:len(data)]
 

@@ -284,8 +284,7 @@ def _read_body(response: http.client.HTTPResponse, where: str,
     size = int(length)
     if into is not None and size > len(into):
         response.close()
-        raise SourceUnavailable(f"{where}: {size} bytes answered for a read of "
-                                f"{len(into)}")
+        raise SourceUnavailable.range_ignored(where, size, len(into))
     view = into[:size] if into is not None else memoryview(bytearray(size))
     got = 0
     while got < size:
