@@ -116,7 +116,11 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_eight(engine, gemma_pat
         return stream.seq.tokens
 
     async def batch() -> list[list[int]]:
-        streams = [engine.submit(greedy(p, 24)) for p in PROMPTS]
+        # All eight are queued before the scheduler plans its next step (it plans under
+        # this lock): the batches' make-up, and so their arithmetic, must not depend on
+        # how far the scheduler's thread gets between two submits on a busy machine.
+        with engine.scheduler._cv:
+            streams = [engine.submit(greedy(p, 24)) for p in PROMPTS]
         await asyncio.gather(*(collect(s) for s in streams))
         return [s.seq.tokens for s in streams]
 
