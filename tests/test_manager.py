@@ -561,3 +561,42 @@ def test_loads_run_on_the_build_thread(tmp_path, pushed, gemma_path, monkeypatch
 
     asyncio.run(main())
     assert len(threads) == 2 and all(t.startswith("strato-build") for t in threads)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to keep free")
+def test_a_lone_build_has_a_cpu_of_its_own_until_it_waits_for_bytes(tmp_path, pushed,
+                                                                     gemma_path, monkeypatch):
+    """The first model's build (nothing else loaded) keeps the event loop's thread, and
+    every other, off one CPU while llama.cpp builds; they have every CPU back from the
+    tensor gate on. A build beside a loaded model narrows nothing."""
+    from core.engine.llama import LlamaEngine
+
+    everything = os.sched_getaffinity(0)
+    loop_thread = threading.get_native_id()
+    seen: list[tuple[str, int]] = []       # (when, CPUs the loop's thread may use)
+    real_load = LlamaEngine.load.__func__
+
+    def load(cls, path, hold=None, **kw):
+        seen.append(("build", len(os.sched_getaffinity(loop_thread))))
+
+        def recorded_hold():
+            passed = hold()
+            seen.append(("gate", len(os.sched_getaffinity(loop_thread))))
+            return passed
+
+        return real_load(cls, path, hold=recorded_hold if hold else None, **kw)
+
+    monkeypatch.setattr(LlamaEngine, "load", classmethod(load))
+
+    async def main():
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), model=str(gemma_path)))
+        try:
+            await manager.engine("gemma3:270m")          # streamed, built alone
+            seen.append(("loaded", len(os.sched_getaffinity(loop_thread))))
+            await manager.engine(None)                   # a local file, beside it
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+    n = len(everything)
+    assert seen == [("build", n - 1), ("gate", n), ("loaded", n), ("build", n)]

@@ -33,6 +33,7 @@ from core.catalog.references import DigestRef, Reference, RegistryRef
 from core.catalog.resolver import Resolver, Source
 from core.config import Settings
 from core.engine import background_import, build_thread
+from core.engine.own_core import OwnCore
 from core.engine.protocol import Engine, ModelInfo
 from core.errors import ModelUnavailable, OutOfMemory, StratoError
 from core.serving.load_timings import LoadTimings
@@ -497,22 +498,31 @@ class ModelManager:
         if handle is not None:
             header, size = handle.header, handle.size
         attempts = self._gpu_attempts(source, header, size)
-        held = {"hold": hold} if hold is not None else {}
+        # Alone (nothing else loaded, so no decode needs every CPU), the build gets a CPU
+        # to itself until it waits for tensor bytes or returns (core.engine.own_core).
+        core = OwnCore(enabled=not self._entries)
+        held: dict[str, Callable[[], bool]] = {}
+        if hold is not None:
+            def release_then_hold() -> bool:
+                core.release()
+                return bool(hold())
+            held["hold"] = release_then_hold
         metrics.import_in_background()    # while llama.cpp builds without the GIL
-        for i, n_gpu_layers in enumerate(attempts):
-            try:
-                return _engine_class().load(path, name=key, settings=self.settings,
-                                            n_gpu_layers=n_gpu_layers,
-                                            parked=parked.model if parked else None, **held)
-            except OutOfMemory as exc:
-                if i + 1 == len(attempts):
+        with core:
+            for i, n_gpu_layers in enumerate(attempts):
+                try:
+                    return _engine_class().load(path, name=key, settings=self.settings,
+                                                n_gpu_layers=n_gpu_layers,
+                                                parked=parked.model if parked else None, **held)
+                except OutOfMemory as exc:
+                    if i + 1 == len(attempts):
+                        raise
+                    log.warning("loading %s with %d GPU layers ran out of memory (%s); "
+                                "retrying with %d", key, n_gpu_layers, exc, attempts[i + 1])
+                except (StratoError, StorageError):
                     raise
-                log.warning("loading %s with %d GPU layers ran out of memory (%s); "
-                            "retrying with %d", key, n_gpu_layers, exc, attempts[i + 1])
-            except (StratoError, StorageError):
-                raise
-            except Exception as exc:  # typed for the client below
-                raise ModelUnavailable(f"could not load {key}: {exc}") from exc
+                except Exception as exc:  # typed for the client below
+                    raise ModelUnavailable(f"could not load {key}: {exc}") from exc
         raise AssertionError("unreachable: at least one attempt is made")
 
     def _gpu_attempts(self, source: Source, header: GGUFHeader | None,
