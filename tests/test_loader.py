@@ -90,27 +90,35 @@ def test_fetched_bytes_land_in_the_ram_tier_in_place(model: bytes, tmp_path: Pat
     handle.release()
 
 
-def test_a_build_offered_early_defers_the_header_parse_past_the_fetch(
+def test_a_build_offered_early_leaves_the_header_parse_to_the_handle(
         model: bytes, tmp_path: Path, http_root, monkeypatch) -> None:
     """With a manifest's plan (chunk digests, the GGUF summary in its metadata) and an
-    early build, the loader's own header parse (GIL-bound Python) waits until every
-    chunk is in: `on_header` still gets the header, after the last read, and so does the
-    handle."""
+    early build, the loader parses no header (GIL-bound Python the build does not need,
+    and that the first token waited for): no `on_header`, no parse before `load`
+    returns; the handle parses once, when its header is first read."""
     import dataclasses
+
+    import tiers.loader as loader_module
 
     (http_root.directory / "m.gguf").write_bytes(model)
     plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
                                meta={"gguf": {"architecture": "llama"}})
-    reads = recorded_reads(monkeypatch)
-    seen: list[tuple[int, object]] = []
+    parses: list[str] = []
+    real_parse = loader_module.read_header_file
+    monkeypatch.setattr(loader_module, "read_header_file",
+                        lambda path: parses.append(path) or real_parse(path))
+    seen: list[object] = []
     offered: list = []
-    handle = Loader(tiers_in(tmp_path), streams=4).load(
-        plan, on_header=lambda h: seen.append((max(end for _, end in reads), h)),
-        on_early=lambda blob: (offered.append(blob.header), blob.close()))
+    loader = Loader(tiers_in(tmp_path), streams=4)
+    handle = loader.load(plan, on_header=seen.append,
+                         on_early=lambda blob: (offered.append(blob.header), blob.close()))
     assert offered == [None]                          # offered on the verified chunks
-    assert [end for end, _ in seen] == [len(model)]   # parsed once, after the last read
-    assert seen[0][1] == handle.header == parse(model)
+    assert seen == [] and parses == []                # nothing parsed before returning
+    assert handle.header == parse(model) and parses == [handle.path]
+    assert handle.header is handle.header and len(parses) == 1    # parsed once
     handle.release()
+    with loader.load(plan) as hit:                    # a hit finds it remembered
+        assert hit.header == parse(model) and len(parses) == 1
 
 
 def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,
