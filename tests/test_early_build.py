@@ -164,3 +164,45 @@ def _all_zero(path: Path) -> bool:
             if block.count(0) != len(block):
                 return False
     return True
+
+
+def test_a_commit_that_fails_after_the_gate_opened_serves_nothing(tmp_path, gemma_path,
+                                                                 watch, monkeypatch):
+    """The gate opens once every byte is verified, before the RAM tier's commit (which
+    unmaps and seals the memfd). A commit that fails then fails the load: the model
+    llama.cpp built over the verified bytes is closed unserved, and nothing is kept."""
+    from tiers.errors import TierFull
+    from tiers.ram import RamWriter
+
+    Registry(str(tmp_path / "registry")).push(str(gemma_path), parse_name_tag("g:1"))
+    real_commit = RamWriter.commit
+    built: list = []
+    real_load = watch.load
+
+    def load(path, **kw):
+        built.append(real_load(path, **kw))
+        return built[-1]
+
+    def commit_after_the_gate(self, digest, meta=None):
+        assert watch.reached.wait(HANG_GUARD), "llama.cpp never reached the gate"
+        raise TierFull("ram: the memfd could not be sealed")
+
+    monkeypatch.setattr(watch, "load", load)
+    monkeypatch.setattr(RamWriter, "commit", commit_after_the_gate)
+
+    async def main():
+        manager = ModelManager(settings(tmp_path))
+        try:
+            with pytest.raises(TierFull):
+                await manager.engine("g:1")
+            report = manager.cache_report()
+            assert report["loaded"] == [] and report["parked"] == []
+            assert all(t["entries"] == [] for t in report["tiers"])
+            assert len(built) == 1 and built[0]._closed    # built, closed, never served
+            monkeypatch.setattr(RamWriter, "commit", real_commit)
+            assert await first_tokens(await manager.engine("g:1"))
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+    assert watch.answers == [True, True]          # the bytes were verified: the gate opened

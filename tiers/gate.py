@@ -6,8 +6,9 @@ tensor table, buffers) can run on the header while the tensor bytes still stream
 whatever *reads tensor bytes* must wait until every chunk is verified: llama.cpp's
 load-time copies (weights repacked for the CPU, uploads to a GPU) and any decode.
 
-`TensorGate` is that wait. The loader opens it once the whole blob is verified and
-committed to the RAM tier, or fails it with the fetch's error; core.engine.llama holds
+`TensorGate` is that wait. The loader opens it once the whole blob is verified (its
+commit to the RAM tier follows: a commit that fails fails the load, and the model built
+is closed unserved), or fails it with the fetch's error; core.engine.llama holds
 llama.cpp's tensor loading at the gate (its progress callback runs before the first
 tensor's bytes are touched) and aborts the build when the gate fails, so no model is
 ever built on bytes that were not verified.

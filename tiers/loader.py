@@ -154,7 +154,7 @@ class Loader:
         `on_early`, on a miss whose fastest target is the RAM tier, is offered the blob
         as soon as its header is verified (tiers.gate.EarlyBlob): a model can be built
         over it while the tensor bytes stream, behind the blob's gate, which this call
-        opens once every chunk is verified and committed, or fails with its error. A
+        opens once every chunk is verified (before the commit), or fails with its error. A
         blob offered so on a manifest's verified chunks gets no `on_header` call: the
         build has what it needs, and the handle parses on first use.
 
@@ -324,6 +324,12 @@ class Loader:
                              on_header=header_seen, on_progress=on_progress, start=start,
                              on_head=lambda: offer_early(None), bulk_after=bulk_after)
             parsed, digest = job.run()
+            # Every byte is verified: a build held at the gate may read them now, not
+            # after the commit (sealing the memfd unmaps the fetch's writable mapping of
+            # it, 0.17 s for 2.4 GB). A commit that fails still fails this load, and the
+            # caller closes the model it built, unserved (failing an open gate is a no-op).
+            for blob in early:
+                blob.gate.open()
             meta = {**plan.meta, "source": plan.url, "size": size, "etag": etag,
                     "name": plan.name, **({"gguf": parsed.summary()}
                                           if "gguf" not in plan.meta and parsed else {})}
@@ -340,8 +346,6 @@ class Loader:
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
-        for blob in early:
-            blob.gate.open()
         header: GGUFHeader | Callable[[], GGUFHeader]
         if parsed is None and early:     # the build has all it needs: parsed when asked
             header = functools.partial(self._parsed, digest, fastest.path(digest))
