@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,12 +91,13 @@ def test_fetched_bytes_land_in_the_ram_tier_in_place(model: bytes, tmp_path: Pat
     handle.release()
 
 
-def test_a_build_offered_early_leaves_the_header_parse_to_the_handle(
+def test_a_build_offered_early_has_the_header_parsed_beside_the_fetch(
         model: bytes, tmp_path: Path, http_root, monkeypatch) -> None:
     """With a manifest's plan (chunk digests, the GGUF summary in its metadata) and an
-    early build, the loader parses no header (GIL-bound Python the build does not need,
-    and that the first token waited for): no `on_header`, no parse before `load`
-    returns; the handle parses once, when its header is first read."""
+    early build, the fetch parses no header itself (GIL-bound Python the build does not
+    need): the build is offered the verified chunks, and a copy of them is parsed on a
+    thread of its own. `on_header` and the handle still get the header, and a later hit
+    finds it remembered."""
     import dataclasses
 
     import tiers.loader as loader_module
@@ -103,22 +105,19 @@ def test_a_build_offered_early_leaves_the_header_parse_to_the_handle(
     (http_root.directory / "m.gguf").write_bytes(model)
     plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
                                meta={"gguf": {"architecture": "llama"}})
-    parses: list[str] = []
-    real_parse = loader_module.read_header_file
-    monkeypatch.setattr(loader_module, "read_header_file",
-                        lambda path: parses.append(path) or real_parse(path))
-    seen: list[object] = []
+    seen: list[tuple[str, object]] = []
     offered: list = []
     loader = Loader(tiers_in(tmp_path), streams=4)
-    handle = loader.load(plan, on_header=seen.append,
-                         on_early=lambda blob: (offered.append(blob.header), blob.close()))
+    handle = loader.load(
+        plan, on_header=lambda h: seen.append((threading.current_thread().name, h)),
+        on_early=lambda blob: (offered.append(blob.header), blob.close()))
     assert offered == [None]                          # offered on the verified chunks
-    assert seen == [] and parses == []                # nothing parsed before returning
-    assert handle.header == parse(model) and parses == [handle.path]
-    assert handle.header is handle.header and len(parses) == 1    # parsed once
+    assert seen == [("strato-header", parse(model))]  # parsed once, on its own thread
+    assert handle.header == parse(model)
     handle.release()
-    with loader.load(plan) as hit:                    # a hit finds it remembered
-        assert hit.header == parse(model) and len(parses) == 1
+    monkeypatch.setattr(loader_module, "read_header_file", None)   # a hit must not parse
+    with loader.load(plan) as hit:
+        assert hit.header == parse(model)
 
 
 def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,

@@ -5,10 +5,9 @@ many concurrent ranged reads straight into every target tier at once, so RAM and
 (and EFS behind them) fill in one pass:
 
 1. the chunks covering the GGUF header come first; the header is parsed as soon as
-   they land and handed to `on_header` (the server can describe the model meanwhile),
-   except for a build offered on the verified header chunks (`on_early` with a
-   manifest): it needs no parse, so none is made, and the handle parses its header
-   when it is first read (`ModelHandle.header`);
+   they land and handed to `on_header` (the server can describe the model meanwhile);
+   with a manifest's chunk digests the fetch does not wait for that parse (the build
+   is offered the verified chunks as they are): it runs on a thread of its own;
 2. every chunk is decompressed (zstd) and verified against its BLAKE3 as it lands; a
    bad or short chunk is fetched again, with exponential backoff, a bounded number of
    times; a source that keeps failing ends in SourceUnavailable / IntegrityError;
@@ -29,8 +28,9 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import blake3
 
@@ -40,13 +40,28 @@ from tiers.disk import fetch_lock
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, FetchStats, Progress
 from tiers.gate import EarlyBlob
-from tiers.gguf_header import GGUFHeader, read_header_file
+from tiers.gguf_header import GGUFHeader, read_header, read_header_file
 from tiers.writebehind import WriteBehind, run_in_background_priority
 
 log = logging.getLogger("strato.tiers")
 
 REMOTE = "remote"
 COPY_BLOCK = 8 << 20
+T = TypeVar("T")
+
+
+def _on_a_thread(fn: Callable[[], T], name: str) -> Future[T]:
+    """`fn()` on a daemon thread of its own; its result (or exception) in the future."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - the future carries it
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
 
 
 @dataclass
@@ -59,23 +74,10 @@ class ModelHandle:
     source: str          # where the bytes came from: a tier name, or "remote"
     tier: str            # the tier `path` points into
     seconds: float
-    # The parsed header, or what parses it on first use (`header`).
-    _header: GGUFHeader | Callable[[], GGUFHeader] = field(repr=False)
+    header: GGUFHeader
     resumed: int = 0     # bytes kept from an abandoned earlier attempt (not refetched)
     fetch: FetchStats | None = None    # what the fetch cost (None: a tier hit)
     _release: Callable[[], None] | None = field(default=None, repr=False)
-
-    @property
-    def header(self) -> GGUFHeader:
-        """The blob's GGUF header. A fetch that was offered to an early build and needed
-        no parse of its own (a manifest's digests verified the header: tiers.fetch's
-        `deferred`) parses it here, on first use, instead of before returning: the
-        model built over the blob needs none of it, and its first token waited for that
-        parse (0.04 s of Python for a 262k-token vocabulary) whenever the fetch ended
-        after the build began waiting for it. Read it while the handle is held."""
-        if callable(self._header):
-            self._header = self._header()
-        return self._header
 
     def release(self) -> None:
         """Unpin (idempotent): the blob may be evicted again."""
@@ -154,9 +156,7 @@ class Loader:
         `on_early`, on a miss whose fastest target is the RAM tier, is offered the blob
         as soon as its header is verified (tiers.gate.EarlyBlob): a model can be built
         over it while the tensor bytes stream, behind the blob's gate, which this call
-        opens once every chunk is verified (before the commit), or fails with its error. A
-        blob offered so on a manifest's verified chunks gets no `on_header` call: the
-        build has what it needs, and the handle parses on first use.
+        opens once every chunk is verified (before the commit), or fails with its error.
 
         `copies_after`, on a miss with slower tiers behind a volatile fastest one, holds
         their write-behind copies until it is set (tiers.writebehind): the caller sets
@@ -213,13 +213,14 @@ class Loader:
                             tier.unpin(digest)
                             use = tier = faster
                 path = use.path(digest)
-                header = self._parsed(digest, path)
+                header = self._headers.get(digest) or read_header_file(path)
+                self._headers[digest] = header
             except BaseException:
                 tier.unpin(digest)
                 raise
             return ModelHandle(path=path, digest=digest, size=use.size_of(digest),
                                source=self.tiers[i].name, tier=use.name,
-                               seconds=time.monotonic() - start, _header=header,
+                               seconds=time.monotonic() - start, header=header,
                                _release=functools.partial(use.unpin, digest))
         return None
 
@@ -307,6 +308,25 @@ class Loader:
                 early[0].header = header
             offer_early(header)
 
+        # A fetch whose header chunks a manifest verified (tiers.fetch `deferred`) parses
+        # none itself: the build is offered those chunks as they are, and a copy of them
+        # is parsed on a thread of its own, beside the rest of the fetch and the build,
+        # for `on_header`, the handle and the next load (a swap back to this blob).
+        header_parse: list[Future[GGUFHeader]] = []
+
+        def parse_header(landed: bytes) -> GGUFHeader:
+            header = read_header(lambda begin, end: landed[begin:end], size)
+            header_seen(header)
+            return header
+
+        def head_verified() -> None:
+            offer_early(None)
+            if job.deferred:
+                landed = writers[0][1].read_at(0, min(plan.header_chunks * plan.chunk_size,
+                                                      size))
+                header_parse.append(_on_a_thread(functools.partial(parse_header, landed),
+                                                 "strato-header"))
+
         try:
             for tier in chosen:
                 try:
@@ -322,7 +342,7 @@ class Loader:
             job = ChunkFetch(plan, size, [w for _, w in writers], streams=self.streams,
                              retries=self.retries, backoff=self.backoff,
                              on_header=header_seen, on_progress=on_progress, start=start,
-                             on_head=lambda: offer_early(None), bulk_after=bulk_after)
+                             on_head=head_verified, bulk_after=bulk_after)
             parsed, digest = job.run()
             # Every byte is verified: a build held at the gate may read them now, not
             # after the commit (sealing the memfd unmaps the fetch's writable mapping of
@@ -343,23 +363,18 @@ class Loader:
                 blob.gate.fail(exc)
             for _, w in writers:
                 w.abort()
+            wait(header_parse)       # its `on_header` comes before the failure, not after
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
-        header: GGUFHeader | Callable[[], GGUFHeader]
-        if parsed is None and early:     # the build has all it needs: parsed when asked
-            header = functools.partial(self._parsed, digest, fastest.path(digest))
-        else:
-            try:    # after the gate: a deferred parse (tiers.fetch) holds no build back
-                header = parsed or self._parsed(digest, fastest.path(digest))
-                if parsed is None:
-                    header_seen(header)
-            except BaseException:
-                fastest.unpin(digest)
-                for _, w in later:
-                    w.abort()
-                raise
-            self._headers[digest] = header
+        try:    # parsed beside the fetch (or, for a plain URL, during it)
+            header = parsed if parsed is not None else header_parse[0].result()
+        except BaseException:
+            fastest.unpin(digest)
+            for _, w in later:
+                w.abort()
+            raise
+        self._headers[digest] = header
         if later:
             fastest.pin(digest)          # held until the tiers behind it are filled
             self._background(self._persist, fastest, later, digest, meta, size)
@@ -368,15 +383,9 @@ class Loader:
                  plan.label, size, seconds, size / max(seconds, 1e-9) / 1e6,
                  ", ".join(t.name for t, _ in writers))
         return ModelHandle(path=fastest.path(digest), digest=digest, size=size,
-                           source=REMOTE, tier=fastest.name, seconds=seconds, _header=header,
+                           source=REMOTE, tier=fastest.name, seconds=seconds, header=header,
                            resumed=job.resumed, fetch=job.stats,
                            _release=lambda: fastest.unpin(digest))
-
-    def _parsed(self, digest: str, path: str) -> GGUFHeader:
-        """The blob's header: remembered, or parsed from its local copy and remembered."""
-        header = self._headers.get(digest) or read_header_file(path)
-        self._headers[digest] = header
-        return header
 
     def _background(self, fn: Callable[..., None], *args: object) -> None:
         # Not a daemon: a CLI process that exits right after a load still finishes it.

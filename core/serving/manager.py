@@ -315,8 +315,6 @@ class ModelManager:
                 await asyncio.to_thread(self._drop_parked)
             handle, engine, need = await self._fetch_and_build(key, source, timings,
                                                                copies_after)
-            if engine is not None:      # built during the fetch: its header is not needed
-                return Loaded(key, engine, handle, handle.digest, handle.source, 0.0, need)
             path, tier, size = handle.path, handle.source, handle.size
             n_layers = handle.header.block_count or 0
         else:
@@ -324,6 +322,8 @@ class ModelManager:
             path, tier, size = source.path, "file", os.path.getsize(source.path)
             header = await asyncio.to_thread(read_header_file, path)
             n_layers = header.block_count or 0
+        if engine is not None:
+            return Loaded(key, engine, handle, handle.digest, tier, 0.0, need)
         try:
             need = footprint(size, self.settings.ctx, n_layers,
                              in_ram_tier=self._in_ram_tier(handle))
