@@ -242,6 +242,32 @@ def test_loads_from_an_anonymous_memory_file(gemma_path) -> None:
         os.close(fd)
 
 
+def test_on_tensors_comes_once_before_the_tensors_are_mapped(tmp_path, gemma_path) -> None:
+    """`on_tensors` (where a lone build gives back its CPU: core.engine.own_core) is
+    called once, on the loading thread, when llama.cpp turns to the tensors: the model
+    file is not mapped yet then, and is once the load returns. It rests on a llama.cpp
+    log line; a llama.cpp that words it otherwise fails here."""
+    import shutil
+    import threading
+
+    model = tmp_path / "m.gguf"        # a file of its own: no other engine maps it
+    shutil.copyfile(gemma_path, model)
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return any(line.rstrip().endswith(str(model)) for line in maps)
+
+    calls: list[tuple[int, bool]] = []
+    eng = LlamaEngine.load(str(model), name="tensors", settings=Settings(threads=1, ctx=256,
+                                                                         parallel=1),
+                           on_tensors=lambda: calls.append((threading.get_ident(), mapped())))
+    try:
+        assert calls == [(threading.get_ident(), False)]
+        assert mapped()
+    finally:
+        eng.close()
+
+
 def test_missing_file_is_object_not_found(tmp_path) -> None:
     with pytest.raises(ObjectNotFound):
         LlamaEngine.load(str(tmp_path / "nope.gguf"), name="x", settings=Settings())

@@ -467,7 +467,7 @@ class SmallMachine:
         self.limit, self.calls = limit, []
 
     def load(self, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
-             parked=None, hold=None):
+             parked=None, hold=None, on_tensors=None):
         from core.engine.llama import LlamaEngine, load_failure
 
         size = os.path.getsize(path)
@@ -476,8 +476,8 @@ class SmallMachine:
             raise load_failure(f"llama.cpp could not load {path}", [
                 f"ggml_backend_cuda_buffer_type_alloc_buffer: allocating {size >> 20} MiB "
                 "on device 0: cudaMalloc failed: out of memory"])
-        return LlamaEngine.load(path, name=name, settings=settings,
-                                n_gpu_layers=n_gpu_layers, parked=parked, hold=hold)
+        return LlamaEngine.load(path, name=name, settings=settings, n_gpu_layers=n_gpu_layers,
+                                parked=parked, hold=hold, on_tensors=on_tensors)
 
 
 def test_out_of_memory_falls_back_to_fewer_layers_then_a_smaller_variant(
@@ -567,8 +567,9 @@ def test_loads_run_on_the_build_thread(tmp_path, pushed, gemma_path, monkeypatch
 def test_a_lone_build_has_a_cpu_of_its_own_until_it_waits_for_bytes(tmp_path, pushed,
                                                                      gemma_path, monkeypatch):
     """The first model's build (nothing else loaded) keeps the event loop's thread, and
-    every other, off one CPU while llama.cpp builds; they have every CPU back from the
-    tensor gate on. A build beside a loaded model narrows nothing."""
+    every other, off one CPU while llama.cpp builds the vocabulary and metadata; they
+    have every CPU back once it turns to the tensors. A build beside a loaded model
+    narrows nothing."""
     from core.engine.llama import LlamaEngine
 
     everything = os.sched_getaffinity(0)
@@ -576,15 +577,20 @@ def test_a_lone_build_has_a_cpu_of_its_own_until_it_waits_for_bytes(tmp_path, pu
     seen: list[tuple[str, int]] = []       # (when, CPUs the loop's thread may use)
     real_load = LlamaEngine.load.__func__
 
-    def load(cls, path, hold=None, **kw):
+    def load(cls, path, hold=None, on_tensors=None, **kw):
         seen.append(("build", len(os.sched_getaffinity(loop_thread))))
+
+        def recorded_tensors():
+            on_tensors()
+            seen.append(("tensors", len(os.sched_getaffinity(loop_thread))))
 
         def recorded_hold():
             passed = hold()
             seen.append(("gate", len(os.sched_getaffinity(loop_thread))))
             return passed
 
-        return real_load(cls, path, hold=recorded_hold if hold else None, **kw)
+        return real_load(cls, path, hold=recorded_hold if hold else None,
+                         on_tensors=recorded_tensors, **kw)
 
     monkeypatch.setattr(LlamaEngine, "load", classmethod(load))
 
@@ -599,4 +605,5 @@ def test_a_lone_build_has_a_cpu_of_its_own_until_it_waits_for_bytes(tmp_path, pu
 
     asyncio.run(main())
     n = len(everything)
-    assert seen == [("build", n - 1), ("gate", n), ("loaded", n), ("build", n)]
+    assert seen == [("build", n - 1), ("tensors", n), ("gate", n), ("loaded", n),
+                    ("build", n), ("tensors", n)]

@@ -52,6 +52,9 @@ _GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: loggin
 
 
 _recent = threading.local()   # this thread's llama.cpp warnings/errors during a load
+# What llama.cpp logs (llama_model::load_tensors) when it has read the vocabulary and
+# metadata and turns to the tensors: their mapping and, with repacking or a GPU, copies.
+_TENSORS_LINE = b"load_tensors: loading model tensors"
 
 
 @ll.llama_log_callback
@@ -63,6 +66,11 @@ def _forward_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     warnings and errors of the current load are kept per thread so the exception can
     say *why* (bad magic, truncated tensor, device out of memory)."""
     lvl = _GGML_LEVELS.get(level, logging.DEBUG)
+    if text.startswith(_TENSORS_LINE):
+        on_tensors = getattr(_recent, "on_tensors", None)
+        if on_tensors is not None:
+            _recent.on_tensors = None
+            on_tensors()
     if lvl >= logging.WARNING:
         line = text.decode("utf-8", errors="replace").rstrip()
         lines = getattr(_recent, "lines", None)
@@ -236,7 +244,8 @@ class LlamaEngine:
     @classmethod
     def load(cls, path: str, *, name: str, settings: Settings, n_gpu_layers: int = 0,
              parked: ParkedModel | None = None,
-             hold: Callable[[], bool] | None = None) -> "LlamaEngine":
+             hold: Callable[[], bool] | None = None,
+             on_tensors: Callable[[], None] | None = None) -> "LlamaEngine":
         """Load a GGUF (a file or /proc/self/fd/N) and start its scheduler. Blocking.
 
         A `parked` model of the same path and GPU layers is taken instead of loading
@@ -247,6 +256,10 @@ class LlamaEngine:
         layers) is held before its first copy (`_held_at_gate`); one that only maps
         them is held after the context is made, so the whole build overlaps the fetch
         and the first decode still comes after the gate.
+
+        `on_tensors` is called once, on this thread, when llama.cpp has built the
+        vocabulary and metadata and turns to the tensors (its `load_tensors` log line;
+        not at all for a parked model, or if a llama.cpp logs otherwise).
 
         Raises ObjectNotFound when the path does not exist, OutOfMemory when llama.cpp
         logged an allocation failure, and CorruptModel when it cannot load the bytes
@@ -263,7 +276,7 @@ class LlamaEngine:
         gate = _held_at_gate(hold) if hold is not None and copies else None
         if gate is not None:
             mparams.progress_callback = gate       # referenced until the load returns
-        _recent.lines = []
+        _recent.lines, _recent.on_tensors = [], on_tensors
         try:
             model = parked.take(path, n_gpu_layers) if parked is not None else None
             if model is None:
@@ -288,7 +301,7 @@ class LlamaEngine:
                 ll.llama_model_free(model)
                 raise
         finally:
-            _recent.lines = None
+            _recent.lines = _recent.on_tensors = None
         vocab = ll.llama_model_get_vocab(model)
         template = ll.llama_model_chat_template(model, None)
         desc = ctypes.create_string_buffer(256)

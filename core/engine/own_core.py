@@ -11,13 +11,14 @@ So while the build runs, every other thread of the process keeps off one CPU (th
 affinity of each task in /proc/self/task, which the threads they start inherit), and the
 build thread, left as it was, gets that CPU to itself as far as this process goes. Unlike
 a lower priority (nice, which an unprivileged thread can never raise again) this is
-undone at once: `release` gives every thread back the CPUs it had, as soon as the build
-waits for tensor bytes (tiers.gate) or returns, before its first decode needs them all.
-Measured with alternating cold `strato run`s (medians of 12 and 5): first token 0.82 ->
-0.76 s for Gemma 3 270M, 3.84 -> 3.63 s for the 4B shape (its fetch loses nothing it
-needs: it waits on the network and gets every CPU back when the build is done). Keeping
-only the fetch's threads off gave nothing measurable: the Python beside them took the
-freed CPU.
+undone at once: `release` gives every thread back the CPUs it had. The model manager
+releases when llama.cpp turns from the vocabulary and metadata (serial CPU work) to the
+tensors (`LlamaEngine.load(on_tensors=...)`): mapping them faults in the blob's pages,
+memory work like the fetch's own, which on the 4B shape took 1.2-1.6 s and held the
+fetch to one CPU meanwhile when the release came only at the gate. Measured with
+alternating cold `strato run`s (medians of 12 and 5): first token 0.82 -> 0.76 s for
+Gemma 3 270M, 3.84 -> 3.63 s for the 4B shape. Keeping only the fetch's threads off gave
+nothing measurable: the Python beside them took the freed CPU.
 
 The model manager asks for it only when no other model is loaded: a model that serves
 while another builds keeps every CPU for its decode. Best effort: with one CPU, off

@@ -499,9 +499,11 @@ class ModelManager:
             header, size = handle.header, handle.size
         attempts = self._gpu_attempts(source, header, size)
         # Alone (nothing else loaded, so no decode needs every CPU), the build gets a CPU
-        # to itself until it waits for tensor bytes or returns (core.engine.own_core).
+        # to itself while it builds the vocabulary and metadata (core.engine.own_core);
+        # the tensors' mapping, which faults in the blob's pages as the fetch does, and
+        # whatever follows share them all.
         core = OwnCore(enabled=not self._entries)
-        held: dict[str, Callable[[], bool]] = {}
+        held: dict[str, Callable[[], Any]] = {"on_tensors": core.release}
         if hold is not None:
             def release_then_hold() -> bool:
                 core.release()
