@@ -564,8 +564,8 @@ def test_loads_run_on_the_build_thread(tmp_path, pushed, gemma_path, monkeypatch
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to keep free")
-def test_a_lone_build_has_a_cpu_of_its_own_until_it_waits_for_bytes(tmp_path, pushed,
-                                                                     gemma_path, monkeypatch):
+def test_a_lone_build_has_a_cpu_of_its_own_for_the_vocabulary(tmp_path, pushed, gemma_path,
+                                                               monkeypatch):
     """The first model's build (nothing else loaded) keeps the event loop's thread, and
     every other, off one CPU while llama.cpp builds the vocabulary and metadata; they
     have every CPU back once it turns to the tensors. A build beside a loaded model
