@@ -16,9 +16,10 @@ releases when llama.cpp turns from the vocabulary and metadata (serial CPU work)
 tensors (`LlamaEngine.load(on_tensors=...)`): mapping them faults in the blob's pages,
 memory work like the fetch's own, which on the 4B shape took 1.2-1.6 s and held the
 fetch to one CPU meanwhile when the release came only at the gate. Measured with
-alternating cold `strato run`s (medians of 12 and 5): first token 0.82 -> 0.76 s for
-Gemma 3 270M, 3.84 -> 3.63 s for the 4B shape. Keeping only the fetch's threads off gave
-nothing measurable: the Python beside them took the freed CPU.
+alternating cold `strato run`s (medians of 12 and 5): first token 0.925 -> 0.855 s for
+Gemma 3 270M (its build 0.57 -> 0.50 s), 3.84 -> 3.63 s for the 4B shape. Keeping only
+the fetch's threads off gave nothing measurable: the Python beside them took the freed
+CPU.
 
 The model manager asks for it only when no other model is loaded: a model that serves
 while another builds keeps every CPU for its decode. Best effort: with one CPU, off
