@@ -246,9 +246,18 @@ def test_on_tensors_comes_once_before_the_tensors_are_mapped(tmp_path, gemma_pat
     """`on_tensors` (where a lone build gives back its CPU: core.engine.own_core) is
     called once, on the loading thread, when llama.cpp turns to the tensors: the model
     file is not mapped yet then, and is once the load returns. It rests on a llama.cpp
-    log line; a llama.cpp that words it otherwise fails here."""
+    log line (a llama.cpp that words it otherwise fails here), seen by strato's log
+    callback even after llama-cpp-python's package, imported in full, installed its own."""
+    import ctypes
     import shutil
     import threading
+
+    from llama_cpp import _logger  # llama-cpp-python's own log callback
+
+    from core.engine import llama as engine_module
+
+    engine_module._init_backend()    # as after an earlier load, then what its import does:
+    engine_module.ll.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
     model = tmp_path / "m.gguf"        # a file of its own: no other engine maps it
     shutil.copyfile(gemma_path, model)

@@ -107,11 +107,14 @@ def load_failure(what: str, reasons: Seq[str]) -> Exception:
 
 
 def _init_backend() -> None:
-    """llama_backend_init once per process, with llama.cpp's logs routed to logging."""
+    """llama_backend_init once per process; llama.cpp's logs routed to `_forward_log` at
+    every call (every load): llama-cpp-python's package, once imported in full (its
+    `_logger`, e.g. by `from llama_cpp import Llama` anywhere in the process), installs
+    its own callback, and a load's failure reasons and `on_tensors` come through ours."""
     global _backend_ready
     with _backend_lock:
+        ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
         if not _backend_ready:
-            ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
             ll.llama_backend_init()
             _backend_ready = True
 
