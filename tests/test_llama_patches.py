@@ -8,6 +8,9 @@
   its first bytes allow a match: every literal in those loops must pass that filter, and
   the special, control and end-of-generation tokens llama.cpp reports for Gemma 3 and
   SmolLM2 must be upstream's (tests/llama_vocab_upstream.json).
+- The vocabulary's per-token loops (0003) walk the tokens by id instead of through the
+  token map: the same test holds them to upstream's tokens, as a set of lines (only
+  the lines' order may differ).
 - patched-sdist.sh: every patch applies with `patch -p1` in name order, the result keeps
   the sdist's name, the same patch set is not redone, a changed one is. Run on a stand-in
   sdist holding only the patched files, rebuilt from `make install`'s patched sdist by
@@ -86,8 +89,9 @@ def test_special_tokens_are_the_ones_upstream_found(gemma_path, model, variant) 
     skip_unless_runnable(variant)
     path = gemma_path if model == "gemma3-270m" else ensure()
     upstream = json.loads((ROOT / "tests" / "llama_vocab_upstream.json").read_text())[model]
-    # sorted: the "control token ... not marked as EOG" lines follow the token map's
-    # iteration order, which 0001's reserve changed; the set of lines did not change
+    # sorted: the "control token ... not marked as EOG" lines come in the order of the
+    # loop that logs them, by id since 0003 (the token map's before); the set of lines
+    # is what must not change
     assert sorted(log_lines(path, variant)["vocab"]) == upstream
 
 
