@@ -31,8 +31,10 @@ disk with the kernel's writeback of the previous one.
 
 Two models: the bundled Gemma 3 270M (253 MB) and a Gemma-3-4B-shaped Q4_K file with
 random weights (~2.4 GB, bench/synthetic_gguf.py, cached under --cache). Rounds
-alternate the order of the paths. Printed: per-path medians and spread, ratios, the
-per-phase table of strato's median round, and the RAM-tier swap. Not a test.
+alternate the order of the paths. Printed: per-path medians, spread and CPU seconds
+(each process's user + system CPU at its first token; the floor's: its fetch's plus its
+load's, what running both would cost), ratios, the per-phase table of strato's median
+round, and the RAM-tier swap. Not a test.
 
     make bench-deps      # nginx-light
     .venv/bin/python bench/cold_start.py [--rounds 3] [--rate 80] [--models 270m,4b]
@@ -87,7 +89,7 @@ print(out["choices"][0]["text"] or ".", flush=True)
 t5 = time.monotonic()
 print(json.dumps({"import boto3": t1 - t0, FETCH: t2 - t1,
                   "import llama_cpp": t3 - t2, "Llama()": t4 - t3,
-                  "first token": t5 - t4}), file=sys.stderr)
+                  "first token": t5 - t4, "CPU s": sum(os.times()[:2])}), file=sys.stderr)
 """
 
 PLAIN = """
@@ -122,28 +124,29 @@ model, FETCH = f"/proc/self/fd/{fd}", "ranged GETs into memfd"
 """ + _ANSWER
 
 FLOOR_FETCH = """
-import json, sys, time
+import json, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import boto3, botocore.config
 bucket, key, expected, streams = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 """ + _RANGED_GETS + """
-t0 = time.monotonic()       # the connection pool and credentials are set up (the HEAD)
+t0, cpu0 = time.monotonic(), sum(os.times()[:2])  # the connection pool is set up (the HEAD)
 with ThreadPoolExecutor(streams) as pool:
     got = sum(pool.map(lambda offset: len(get_range(offset)), range(0, size, part)))
 seconds = time.monotonic() - t0
 assert got == size == expected
-print(json.dumps({"fetch": seconds}), flush=True)
+print(json.dumps({"fetch": seconds, "fetch CPU s": sum(os.times()[:2]) - cpu0}), flush=True)
 """
 
 FLOOR_LOAD = """
-import json, sys, time
+import json, os, sys, time
 t0 = time.monotonic()
 from llama_cpp import Llama
 llm = Llama(sys.argv[1], n_ctx=256, n_threads=int(sys.argv[2]), verbose=False)
 t1 = time.monotonic()
 llm.create_completion(sys.argv[3], max_tokens=1, temperature=0.0)
 t2 = time.monotonic()
-print(json.dumps({"import + Llama()": t1 - t0, "first token": t2 - t1}), flush=True)
+print(json.dumps({"import + Llama()": t1 - t0, "first token": t2 - t1,
+                  "load CPU s": sum(os.times()[:2])}), flush=True)
 """
 
 
@@ -167,6 +170,9 @@ def first_output(argv: list[str], env: dict[str, str]) -> tuple[float, str, str]
     return seconds, (first + out).decode(errors="replace"), err.decode(errors="replace")
 
 
+CPU_LINE = "process CPU to first token: "     # LoadTimings.table's
+
+
 def strato_phases(stderr: str) -> dict[str, float]:
     """The rows of `strato run --timings` (core.serving.load_timings.LoadTimings.table)."""
     phases: dict[str, float] = {}
@@ -180,6 +186,8 @@ def strato_phases(stderr: str) -> dict[str, float]:
                 continue
         elif line.startswith("fetch: "):
             phases["fetch figures: " + line[len("fetch: "):]] = float("nan")
+        elif line.startswith(CPU_LINE):
+            phases["CPU s"] = float(line[len(CPU_LINE):].split()[0])
     return phases
 
 
@@ -253,7 +261,8 @@ class Bench:
         start, _, _ = first_output([self.py, "-c", "print(1, flush=True)"], self.env)
         _, out, _ = first_output([self.py, "-c", FLOOR_FETCH, BUCKET, model.key,
                                   str(model.size), str(self.streams(model))], self.env)
-        fetch = json.loads(out)["fetch"]
+        fetched = json.loads(out)
+        fetch = fetched["fetch"]
         with open(model.file, "rb") as f:                 # page-cached, as after a fetch
             while f.read(64 << 20):
                 pass
@@ -261,7 +270,9 @@ class Bench:
                                   str(self.args.threads), PROMPT], self.env)
         load = json.loads(out)
         total = start + max(fetch, load["import + Llama()"]) + load["first token"]
-        return Run(total, {"process start": start, "fetch": fetch, **load})
+        # Its CPU: the fetch's (from the HEAD on) and the load process's (all of it).
+        return Run(total, {"process start": start, **fetched, **load,
+                           "CPU s": fetched["fetch CPU s"] + load["load CPU s"]})
 
 
 def settle() -> None:
@@ -374,12 +385,13 @@ def spread(values: list[float]) -> float:
 def report(model: Model, runs: dict[str, list[Run]], streams: int) -> None:
     med = {k: statistics.median(r.seconds for r in v) for k, v in runs.items()}
     print(f"\n### {model.name}: {model.size / 1e6:.0f} MB, strato's stream count {streams}\n")
-    print("| path | median s | rounds | spread |")
-    print("| --- | ---: | --- | ---: |")
+    print("| path | median s | rounds | spread | CPU s (median) |")
+    print("| --- | ---: | --- | ---: | ---: |")
     for k, v in runs.items():
         secs = [r.seconds for r in v]
+        cpu = [r.phases["CPU s"] for r in v if "CPU s" in r.phases]
         print(f"| {k} | {med[k]:.2f} | {' / '.join(f'{s:.2f}' for s in secs)} | "
-              f"{spread(secs):.0%} |")
+              f"{spread(secs):.0%} | {statistics.median(cpu) if cpu else float('nan'):.2f} |")
     print()
     print("| ratio (medians) | value | target |")
     print("| --- | ---: | --- |")

@@ -146,6 +146,7 @@ def _first_token(service: Any, model: str, ready: float, show: bool) -> None:
     if timings is None:
         return
     timings.add("first_token", ready)
+    timings.note_cpu()
     timings.observe(("first_token",))
     if show:
         print(timings.table(), file=sys.stderr, flush=True)

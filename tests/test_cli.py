@@ -6,6 +6,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -141,6 +142,11 @@ def test_run_and_pull_print_the_phase_timings(gemma_path: Path, tmp_path: Path) 
                   "written)", "llama.cpp model + context", "first token"):
         assert phase in rows, out.stderr[-2000:]
     assert f"fetch: {gemma_path.stat().st_size / 1e6:.1f} MB" in out.stderr
+    cpu = re.search(r"^process CPU to first token: ([\d.]+) s \(user ([\d.]+), system "
+                    r"([\d.]+)\)$", out.stderr, re.M)
+    assert cpu, out.stderr[-2000:]
+    total, user, system = map(float, cpu.groups())
+    assert total > 0 and abs(total - user - system) <= 0.002    # the process's own clock
     pulled = strato("pull", "g:1", "--tiers", f"disk:{tmp_path / 'pulled'}:2GiB", env=env)
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     assert "fetch start -> header verified" in pulled.stdout

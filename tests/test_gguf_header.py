@@ -8,7 +8,7 @@ import pytest
 
 from tests.tiny_gguf import write_tiny_gguf
 from tiers.errors import CorruptModel
-from tiers.gguf_header import NeedMore, parse, read_header, read_header_file
+from tiers.gguf_header import NeedMore, parse, parse_whole, read_header, read_header_file
 
 
 def reference(path: Path) -> dict[str, tuple[int, int]]:
@@ -96,6 +96,9 @@ def test_bad_magic_and_truncation(tmp_path: Path) -> None:
         read_header(lambda s, e: data[:300][s:e], None)         # object shorter than told
     with pytest.raises(CorruptModel, match="tensors end at"):
         parse(data, file_size=len(data) - 1)                    # tensor data cut short
+    with pytest.raises(CorruptModel, match="header is truncated at byte 300"):
+        parse_whole(data[:300], len(data))                      # a whole header, it said
+    assert parse_whole(data, len(data)) == parse(data)
 
 
 def test_the_real_gemma_header(gemma_path: Path) -> None:

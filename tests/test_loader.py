@@ -120,6 +120,25 @@ def test_a_build_offered_early_has_the_header_parsed_beside_the_fetch(
         assert hit.header == parse(model)
 
 
+def test_header_chunks_that_end_inside_the_header_fail_the_load_as_corrupt(
+        tmp_path: Path, http_root) -> None:
+    """A plan whose header chunks (a manifest's `tensor_data_offset`) end before the
+    header does: the parse beside the fetch reports a truncated GGUF, CorruptModel, and
+    not the untyped NeedMore of a prefix parse (a 500)."""
+    import dataclasses
+
+    from tiers.errors import CorruptModel
+
+    model = write_tiny_gguf(tmp_path / "big-vocab.gguf", vocab=3_000).read_bytes()
+    assert parse(model).data_offset > 2 * CHUNK
+    (http_root.directory / "m.gguf").write_bytes(model)
+    plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
+                               header_chunks=1, meta={"gguf": {"architecture": "llama"}})
+    loader = Loader(tiers_in(tmp_path), streams=4)
+    with pytest.raises(CorruptModel, match="header is truncated"):
+        loader.load(plan, on_early=lambda blob: blob.close())
+
+
 def test_second_load_hits_ram_then_disk_for_a_new_process(model: bytes, tmp_path: Path,
                                                           http_root) -> None:
     (http_root.directory / "m.gguf").write_bytes(model)

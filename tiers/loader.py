@@ -40,7 +40,7 @@ from tiers.disk import fetch_lock
 from tiers.errors import DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, FetchStats, Progress
 from tiers.gate import EarlyBlob
-from tiers.gguf_header import GGUFHeader, read_header, read_header_file
+from tiers.gguf_header import GGUFHeader, parse_whole, read_header_file
 from tiers.writebehind import WriteBehind, run_in_background_priority
 
 log = logging.getLogger("strato.tiers")
@@ -315,7 +315,7 @@ class Loader:
         header_parse: list[Future[GGUFHeader]] = []
 
         def parse_header(landed: bytes) -> GGUFHeader:
-            header = read_header(lambda begin, end: landed[begin:end], size)
+            header = parse_whole(landed, size)
             header_seen(header)
             return header
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -51,6 +52,10 @@ class LoadTimings:
     source: str = ""
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     fetch: FetchStats | None = None
+    # The process's user and system CPU seconds at its first token (`note_cpu`): on two
+    # vCPUs a cold start is bound by the CPU as much as by any one phase, and this is
+    # the figure that says so (a Lambda function's CPU is its memory setting's share).
+    cpu: tuple[float, float] | None = None
 
     def add(self, phase: str, start: float, end: float | None = None) -> None:
         self.spans[phase] = (start, boottime() if end is None else end)
@@ -72,6 +77,12 @@ class LoadTimings:
             self.add("header", stats.started, stats.header_at)
         if stats.finished:
             self.add("fetch", stats.started, stats.finished)
+
+    def note_cpu(self) -> None:
+        """The process's CPU so far (every thread, since it started): call at the first
+        token of the process's first load."""
+        times = os.times()
+        self.cpu = (times.user, times.system)
 
     def take_process_phases(self) -> None:
         """The process's one-off phases, if they happened before this load ended."""
@@ -107,7 +118,8 @@ class LoadTimings:
         phases = {name: {"at": round(a - zero, 3), "s": round(b - a, 3)}
                   for name, (a, b) in self._ordered()}
         return {"model": self.model, "source": self.source, "phases": phases,
-                "fetch": self.figures()}
+                "fetch": self.figures(),
+                **({} if self.cpu is None else {"process_cpu_s": round(sum(self.cpu), 3)})}
 
     def log(self) -> None:
         record = self.record()
@@ -139,6 +151,10 @@ class LoadTimings:
             rows.append(f"fetch: {f.bytes / 1e6:.1f} MB, {f.streams} streams, {f.requests} "
                         f"reads, {f.rate / 1e6:.1f} MB/s; verification {f.verify_cpu:.3f} "
                         f"CPU s, tier writes {f.write_seconds:.3f} s")
+        if self.cpu is not None:
+            user, system = self.cpu
+            rows.append(f"process CPU to first token: {user + system:.3f} s (user {user:.3f}, "
+                        f"system {system:.3f})")
         return "\n".join(rows)
 
     def _ordered(self) -> list[tuple[str, tuple[float, float]]]:
