@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,55 @@ def test_a_build_offered_early_has_the_header_parsed_beside_the_fetch(
     monkeypatch.setattr(loader_module, "read_header_file", None)   # a hit must not parse
     with loader.load(plan) as hit:
         assert hit.header == parse(model)
+
+
+def test_a_cold_start_parses_its_header_after_the_first_answer(
+        model: bytes, tmp_path: Path, http_root) -> None:
+    """With an early build and `copies_after` (a cold start), the header parse waits
+    for that event: the load returns with the parse not begun, `on_header` is never
+    called, and the handle's `header` is there once the event is set; a later hit
+    finds it remembered."""
+    import dataclasses
+
+    (http_root.directory / "m.gguf").write_bytes(model)
+    plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
+                               meta={"gguf": {"architecture": "llama"}})
+    first_answer = threading.Event()
+    seen: list[object] = []
+    loader = Loader(tiers_in(tmp_path), streams=4)
+    handle = loader.load(plan, on_header=seen.append, copies_after=first_answer,
+                         on_early=lambda blob: blob.close())
+    held = handle._header
+    assert isinstance(held, Future) and not held.done()   # held: nothing set the event
+    first_answer.set()
+    assert handle.header == parse(model)
+    assert seen == []
+    handle.release()
+    with loader.load(plan) as hit:
+        assert hit.header == parse(model)
+
+
+def test_a_held_header_parse_never_runs_when_the_load_fails(
+        model: bytes, tmp_path: Path, http_root) -> None:
+    """A corrupt chunk after the header fails the load while the parse is held: the
+    parse never begins (no `on_header` after the failure)."""
+    import dataclasses
+
+    from tiers.errors import IntegrityError
+
+    bad = bytearray(model)
+    bad[-10] ^= 0xFF                                  # the last chunk's bytes, not the header's
+    (http_root.directory / "m.gguf").write_bytes(bytes(bad))
+    plan = dataclasses.replace(plan_for(f"{http_root.url}/m.gguf", model, CHUNK),
+                               meta={"gguf": {"architecture": "llama"}})
+    first_answer = threading.Event()
+    seen: list[object] = []
+    loader = Loader(tiers_in(tmp_path), streams=4, retries=0)
+    with pytest.raises(IntegrityError):
+        loader.load(plan, on_header=seen.append, copies_after=first_answer,
+                    on_early=lambda blob: blob.close())
+    first_answer.set()               # what the manager does when a load fails
+    assert seen == []
 
 
 def test_header_chunks_that_end_inside_the_header_fail_the_load_as_corrupt(

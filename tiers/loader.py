@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -37,7 +37,7 @@ import blake3
 from tiers import remote
 from tiers.base import BlobPlan, Tier, TierStats, find_digests
 from tiers.disk import fetch_lock
-from tiers.errors import DiskFull, IntegrityError, TierFull
+from tiers.errors import CorruptModel, DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, FetchStats, Progress
 from tiers.gate import EarlyBlob
 from tiers.gguf_header import GGUFHeader, parse_whole, read_header_file
@@ -64,6 +64,15 @@ def _on_a_thread(fn: Callable[[], T], name: str) -> Future[T]:
     return done
 
 
+def _report_parse(label: str, parse: Future[GGUFHeader]) -> None:
+    """A header parse that ran after its load returned failed: said in the log (the
+    model was built by llama.cpp from the same verified bytes, and a later load parses
+    the whole file again)."""
+    if parse.exception() is not None:
+        log.warning("%s: parsing its GGUF header after the load failed: %s", label,
+                    parse.exception())
+
+
 @dataclass
 class ModelHandle:
     """A blob ready for llama.cpp: pinned in `tier` until `release()`."""
@@ -74,10 +83,20 @@ class ModelHandle:
     source: str          # where the bytes came from: a tier name, or "remote"
     tier: str            # the tier `path` points into
     seconds: float
-    header: GGUFHeader
+    # The parsed header, or its parse still running: a cold start with an early build
+    # parses it after the first answer (`Loader.load`'s `copies_after`).
+    _header: GGUFHeader | Future[GGUFHeader] = field(repr=False)
     resumed: int = 0     # bytes kept from an abandoned earlier attempt (not refetched)
     fetch: FetchStats | None = None    # what the fetch cost (None: a tier hit)
     _release: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def header(self) -> GGUFHeader:
+        """The blob's GGUF header; waits for a parse still running (CorruptModel if the
+        verified header chunks do not parse)."""
+        if isinstance(self._header, Future):
+            return self._header.result()
+        return self._header
 
     def release(self) -> None:
         """Unpin (idempotent): the blob may be evicted again."""
@@ -161,7 +180,10 @@ class Loader:
         `copies_after`, on a miss with slower tiers behind a volatile fastest one, holds
         their write-behind copies until it is set (tiers.writebehind): the caller sets
         it once the model it is building no longer needs the CPU, memory bandwidth and
-        page cache the copies would take from the fetch and the build. `bulk_after`, on a
+        page cache the copies would take from the fetch and the build. A miss offered
+        `on_early` whose header chunks a manifest verified holds its own parse of the
+        header until then too (the build needs none of it: llama.cpp reads the header
+        itself); the handle's `header` waits for it, and `on_header` is not called. `bulk_after`, on a
         miss, holds the reads after the header's until it is set (tiers.fetch).
         """
         start = time.monotonic()
@@ -220,7 +242,7 @@ class Loader:
                 raise
             return ModelHandle(path=path, digest=digest, size=use.size_of(digest),
                                source=self.tiers[i].name, tier=use.name,
-                               seconds=time.monotonic() - start, header=header,
+                               seconds=time.monotonic() - start, _header=header,
                                _release=functools.partial(use.unpin, digest))
         return None
 
@@ -310,13 +332,25 @@ class Loader:
 
         # A fetch whose header chunks a manifest verified (tiers.fetch `deferred`) parses
         # none itself: the build is offered those chunks as they are, and a copy of them
-        # is parsed on a thread of its own, beside the rest of the fetch and the build,
-        # for `on_header`, the handle and the next load (a swap back to this blob).
+        # is parsed on a thread of its own for `on_header`, the handle and the next load
+        # (a swap back to this blob). With a build offered early and `copies_after`, the
+        # parse waits for it: on two vCPUs a cold start is bound by the CPU, and 0.065
+        # CPU s of GIL-bound Python beside the fetch and the build put Gemma 3's first
+        # token later. A parse that has not begun when the load fails never begins.
         header_parse: list[Future[GGUFHeader]] = []
+        parse_lock = threading.Lock()
+        load_failed: list[bool] = []
 
-        def parse_header(landed: bytes) -> GGUFHeader:
-            header = parse_whole(landed, size)
-            header_seen(header)
+        def parse_header(landed: bytes, after: threading.Event | None) -> GGUFHeader:
+            if after is not None:
+                after.wait()
+            with parse_lock:
+                if load_failed:
+                    raise CorruptModel(f"{plan.label}: the load failed; header not parsed")
+                header = parse_whole(landed, size)
+                if after is None:
+                    header_seen(header)
+            self._headers.setdefault(key, header)
             return header
 
         def head_verified() -> None:
@@ -324,8 +358,9 @@ class Loader:
             if job.deferred:
                 landed = writers[0][1].read_at(0, min(plan.header_chunks * plan.chunk_size,
                                                       size))
-                header_parse.append(_on_a_thread(functools.partial(parse_header, landed),
-                                                 "strato-header"))
+                after = copies_after if early else None
+                header_parse.append(_on_a_thread(
+                    functools.partial(parse_header, landed, after), "strato-header"))
 
         try:
             for tier in chosen:
@@ -363,18 +398,26 @@ class Loader:
                 blob.gate.fail(exc)
             for _, w in writers:
                 w.abort()
-            wait(header_parse)       # its `on_header` comes before the failure, not after
+            with parse_lock:         # a parse under way ends (and calls `on_header`) first
+                load_failed.append(True)
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
-        try:    # parsed beside the fetch (or, for a plain URL, during it)
-            header = parsed if parsed is not None else header_parse[0].result()
-        except BaseException:
-            fastest.unpin(digest)
-            for _, w in later:
-                w.abort()
-            raise
-        self._headers[digest] = header
+        header: GGUFHeader | Future[GGUFHeader]
+        if parsed is not None:       # a plain URL's, parsed during the fetch
+            header = parsed
+            self._headers[digest] = parsed
+        elif header_parse[0].done() or not early:
+            try:
+                header = header_parse[0].result()
+            except BaseException:
+                fastest.unpin(digest)
+                for _, w in later:
+                    w.abort()
+                raise
+        else:
+            header = header_parse[0]  # after the first answer; the handle waits for it
+            header.add_done_callback(functools.partial(_report_parse, plan.label))
         if later:
             fastest.pin(digest)          # held until the tiers behind it are filled
             self._background(self._persist, fastest, later, digest, meta, size)
@@ -383,7 +426,7 @@ class Loader:
                  plan.label, size, seconds, size / max(seconds, 1e-9) / 1e6,
                  ", ".join(t.name for t, _ in writers))
         return ModelHandle(path=fastest.path(digest), digest=digest, size=size,
-                           source=REMOTE, tier=fastest.name, seconds=seconds, header=header,
+                           source=REMOTE, tier=fastest.name, seconds=seconds, _header=header,
                            resumed=job.resumed, fetch=job.stats,
                            _release=lambda: fastest.unpin(digest))
 

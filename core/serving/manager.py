@@ -315,6 +315,8 @@ class ModelManager:
                 await asyncio.to_thread(self._drop_parked)
             handle, engine, need = await self._fetch_and_build(key, source, timings,
                                                                copies_after)
+            if engine is not None:        # built early: its header may still be parsing
+                return Loaded(key, engine, handle, handle.digest, handle.source, 0.0, need)
             path, tier, size = handle.path, handle.source, handle.size
             n_layers = handle.header.block_count or 0
         else:
@@ -322,8 +324,6 @@ class ModelManager:
             path, tier, size = source.path, "file", os.path.getsize(source.path)
             header = await asyncio.to_thread(read_header_file, path)
             n_layers = header.block_count or 0
-        if engine is not None:
-            return Loaded(key, engine, handle, handle.digest, tier, 0.0, need)
         try:
             need = footprint(size, self.settings.ctx, n_layers,
                              in_ram_tier=self._in_ram_tier(handle))
@@ -357,6 +357,11 @@ class ModelManager:
         has no early build: the engine is then loaded by the caller as before.
         """
         assert source.plan is not None
+        if source.manifest is not None:
+            # Listed while it loads from the start: a cold start's own parse of the
+            # header waits for the first answer (Loader.load) and calls no on_header.
+            gguf = source.manifest.gguf
+            self._describe(key, gguf.architecture, gguf.context_length, gguf.file_type)
         loop = asyncio.get_running_loop()
         offered: asyncio.Future[EarlyBlob] = loop.create_future()
 
@@ -547,11 +552,17 @@ class ModelManager:
 
     def _header(self, key: str, header: GGUFHeader) -> None:
         """Runs on the loader thread: /v1/models can describe the model from here on."""
+        self._describe(key, header.architecture, header.context_length, header.file_type,
+                       header.chat_template)
+
+    def _describe(self, key: str, architecture: str, context_length: int | None,
+                  file_type: str | None, chat_template: str | None = None) -> None:
+        """/v1/models's entry for a model still loading (the engine's replaces it)."""
         self._headers[key] = ModelInfo(
-            name=key, architecture=header.architecture,
-            n_ctx=min(self.settings.ctx, header.context_length or self.settings.ctx),
-            n_ctx_train=header.context_length or 0, chat_template=header.chat_template,
-            file_type=header.file_type, size_bytes=0)
+            name=key, architecture=architecture,
+            n_ctx=min(self.settings.ctx, context_length or self.settings.ctx),
+            n_ctx_train=context_length or 0, chat_template=chat_template,
+            file_type=file_type, size_bytes=0)
 
     def _on_progress(self, key: str, p: Progress) -> None:
         previous = self._progress.get(key)
