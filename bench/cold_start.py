@@ -178,7 +178,9 @@ def strato_phases(stderr: str) -> dict[str, float]:
     phases: dict[str, float] = {}
     for line in stderr.splitlines():
         parts = line.rsplit(None, 3)
-        if len(parts) == 4:
+        if line.startswith(CPU_LINE):
+            phases["CPU s"] = float(line[len(CPU_LINE):].split()[0])
+        elif len(parts) == 4:
             try:
                 phases[parts[0].strip()] = float(parts[3])
                 phases[parts[0].strip() + " (ends at)"] = float(parts[2])
@@ -186,8 +188,6 @@ def strato_phases(stderr: str) -> dict[str, float]:
                 continue
         elif line.startswith("fetch: "):
             phases["fetch figures: " + line[len("fetch: "):]] = float("nan")
-        elif line.startswith(CPU_LINE):
-            phases["CPU s"] = float(line[len(CPU_LINE):].split()[0])
     return phases
 
 
