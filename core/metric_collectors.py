@@ -8,8 +8,21 @@ the same events also go to EMF through Powertools in handlers/aws_lambda.py.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
+from core import lazy_package
+
+# The collectors without the package's __init__ (core.lazy_package): it imports the
+# exposition module, and with it http.server, wsgiref, urllib.request and snappy, most
+# of the import's 0.2 s of GIL-bound work on a cold start, where it runs beside the
+# llama.cpp build (core.metrics.import_in_background). `render` imports exposition.
+lazy_package.register("prometheus_client")
+
+from prometheus_client.metrics import (  # noqa: E402  (after the registration above)
+    Counter,
+    Gauge,
+    Histogram,
+    MetricWrapperBase,
+)
+from prometheus_client.registry import CollectorRegistry  # noqa: E402
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -83,4 +96,6 @@ def reset() -> None:
 
 def render() -> bytes:
     """Prometheus text exposition of every strato metric."""
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(REGISTRY)

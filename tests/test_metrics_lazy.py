@@ -1,5 +1,5 @@
-"""core.metrics makes its collectors (and imports prometheus_client) on first use, so the
-serving stack imports without it; events recorded with `later` before then are kept and
+"""core.metrics makes its collectors (and imports prometheus_client's metrics, without its
+exposition until `render`) on first use, so the serving stack imports without it; events recorded with `later` before then are kept and
 applied when the collectors come, and attribute access still works from anywhere."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ metrics.later(lambda c: c.tier_misses_total.labels(tier="ram").inc(2))
 still_lazy = "prometheus_client" not in sys.modules
 metrics.import_in_background()
 metrics._importer.join(60)
+exposition = sorted(m for m in ("prometheus_client.exposition", "snappy", "wsgiref",
+                                 "http.server") if m in sys.modules)
 kept = metrics.REGISTRY.get_sample_value("strato_tier_misses_total", {"tier": "ram"})
 metrics.later(lambda c: c.tier_misses_total.labels(tier="ram").inc(1))
 now = metrics.REGISTRY.get_sample_value("strato_tier_misses_total", {"tier": "ram"})
@@ -30,8 +32,12 @@ try:
 except AttributeError as exc:
     missing = str(exc)
 text = metrics.render().decode()
+import prometheus_client
+from prometheus_client import generate_latest
+completed = prometheus_client.REGISTRY is not None and callable(generate_latest)
 print(json.dumps({"before": before, "still_lazy": still_lazy, "kept": kept, "now": now,
-                  "same": same, "missing": missing,
+                  "same": same, "missing": missing, "exposition": exposition,
+                  "completed": completed,
                   "rendered": 'strato_tier_misses_total{tier="ram"} 3.0' in text}))
 """
 
@@ -47,3 +53,7 @@ def test_collectors_come_on_first_use_and_keep_earlier_events() -> None:
     assert got["same"] is True
     assert got["missing"] == "module 'core.metrics' has no attribute 'no_such_metric'"
     assert got["rendered"] is True
+    # The collectors came without prometheus_client's __init__ and its exposition
+    # imports (core.lazy_package); the package still completes for whoever asks.
+    assert got["exposition"] == []
+    assert got["completed"] is True
