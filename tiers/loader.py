@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -41,6 +41,7 @@ from tiers.errors import CorruptModel, DiskFull, IntegrityError, TierFull
 from tiers.fetch import ChunkFetch, FetchStats, Progress
 from tiers.gate import EarlyBlob
 from tiers.gguf_header import GGUFHeader, parse_whole, read_header_file
+from tiers.held_header import HeldHeader
 from tiers.writebehind import WriteBehind, run_in_background_priority
 
 log = logging.getLogger("strato.tiers")
@@ -64,15 +65,6 @@ def _on_a_thread(fn: Callable[[], T], name: str) -> Future[T]:
     return done
 
 
-def _report_parse(label: str, parse: Future[GGUFHeader]) -> None:
-    """A header parse that ran after its load returned failed: said in the log (the
-    model was built by llama.cpp from the same verified bytes, and a later load parses
-    the whole file again)."""
-    if parse.exception() is not None:
-        log.warning("%s: parsing its GGUF header after the load failed: %s", label,
-                    parse.exception())
-
-
 @dataclass
 class ModelHandle:
     """A blob ready for llama.cpp: pinned in `tier` until `release()`."""
@@ -83,19 +75,19 @@ class ModelHandle:
     source: str          # where the bytes came from: a tier name, or "remote"
     tier: str            # the tier `path` points into
     seconds: float
-    # The parsed header, or its parse still running: a cold start with an early build
-    # parses it after the first answer (`Loader.load`'s `copies_after`).
-    _header: GGUFHeader | Future[GGUFHeader] = field(repr=False)
+    # The parsed header, or its parse held: a cold start with an early build parses it
+    # after the first answer (`Loader.load`'s `copies_after`), or when asked first.
+    _header: GGUFHeader | HeldHeader = field(repr=False)
     resumed: int = 0     # bytes kept from an abandoned earlier attempt (not refetched)
     fetch: FetchStats | None = None    # what the fetch cost (None: a tier hit)
     _release: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def header(self) -> GGUFHeader:
-        """The blob's GGUF header; waits for a parse still running (CorruptModel if the
-        verified header chunks do not parse)."""
-        if isinstance(self._header, Future):
-            return self._header.result()
+        """The blob's GGUF header; a held parse runs now, on this thread (CorruptModel
+        if the verified header chunks do not parse)."""
+        if isinstance(self._header, HeldHeader):
+            return self._header.get()
         return self._header
 
     def release(self) -> None:
@@ -334,33 +326,36 @@ class Loader:
         # none itself: the build is offered those chunks as they are, and a copy of them
         # is parsed on a thread of its own for `on_header`, the handle and the next load
         # (a swap back to this blob). With a build offered early and `copies_after`, the
-        # parse waits for it: on two vCPUs a cold start is bound by the CPU, and 0.065
+        # thread waits for it: on two vCPUs a cold start is bound by the CPU, and 0.065
         # CPU s of GIL-bound Python beside the fetch and the build put Gemma 3's first
-        # token later. A parse that has not begun when the load fails never begins.
-        header_parse: list[Future[GGUFHeader]] = []
-        parse_lock = threading.Lock()
-        load_failed: list[bool] = []
+        # token later. Whoever needs the header before then parses it (HeldHeader), so
+        # nothing waits on the held thread; a parse not begun when the load fails never
+        # begins.
+        held: list[HeldHeader] = []          # the verified header chunks' parse
+        announced: list[Future[None]] = []   # its thread, when not held: `on_header`
 
-        def parse_header(landed: bytes, after: threading.Event | None) -> GGUFHeader:
-            if after is not None:
-                after.wait()
-            with parse_lock:
-                if load_failed:
-                    raise CorruptModel(f"{plan.label}: the load failed; header not parsed")
-                header = parse_whole(landed, size)
-                if after is None:
-                    header_seen(header)
-            self._headers.setdefault(key, header)
-            return header
+        def parse_beside(parse: HeldHeader, after: threading.Event | None) -> None:
+            if after is None:
+                header_seen(parse.get())
+                return
+            after.wait()
+            try:
+                self._headers.setdefault(key, parse.get())
+            except CorruptModel as exc:   # abandoned (the load failed), or unparsable
+                log.info("%s: no GGUF header kept for the next load: %s", plan.label, exc)
 
         def head_verified() -> None:
             offer_early(None)
             if job.deferred:
                 landed = writers[0][1].read_at(0, min(plan.header_chunks * plan.chunk_size,
                                                       size))
+                parse = HeldHeader(functools.partial(parse_whole, landed, size), plan.label)
+                held.append(parse)
                 after = copies_after if early else None
-                header_parse.append(_on_a_thread(
-                    functools.partial(parse_header, landed, after), "strato-header"))
+                thread = _on_a_thread(functools.partial(parse_beside, parse, after),
+                                      "strato-header")
+                if after is None:
+                    announced.append(thread)
 
         try:
             for tier in chosen:
@@ -398,26 +393,28 @@ class Loader:
                 blob.gate.fail(exc)
             for _, w in writers:
                 w.abort()
-            with parse_lock:         # a parse under way ends (and calls `on_header`) first
-                load_failed.append(True)
+            for parse in held:
+                parse.abandon()      # not begun: never begins; under way: ends first
+            wait(announced)          # its `on_header` comes before the failure, not after
             raise
         fastest = writers[0][0]
         fastest.pin(digest)
-        header: GGUFHeader | Future[GGUFHeader]
+        header: GGUFHeader | HeldHeader
         if parsed is not None:       # a plain URL's, parsed during the fetch
             header = parsed
-            self._headers[digest] = parsed
-        elif header_parse[0].done() or not early:
+        elif announced:              # parsed beside the fetch, `on_header` called
             try:
-                header = header_parse[0].result()
+                header = held[0].get()
+                announced[0].result()
             except BaseException:
                 fastest.unpin(digest)
                 for _, w in later:
                     w.abort()
                 raise
-        else:
-            header = header_parse[0]  # after the first answer; the handle waits for it
-            header.add_done_callback(functools.partial(_report_parse, plan.label))
+        else:                        # held until the first answer, or until asked
+            header = held[0]
+        if not isinstance(header, HeldHeader):
+            self._headers[digest] = header
         if later:
             fastest.pin(digest)          # held until the tiers behind it are filled
             self._background(self._persist, fastest, later, digest, meta, size)
