@@ -175,8 +175,9 @@ class Loader:
         page cache the copies would take from the fetch and the build. A miss offered
         `on_early` whose header chunks a manifest verified holds its own parse of the
         header until then too (the build needs none of it: llama.cpp reads the header
-        itself); the handle's `header` waits for it, and `on_header` is not called. `bulk_after`, on a
-        miss, holds the reads after the header's until it is set (tiers.fetch).
+        itself): the handle's `header`, if asked for first, parses it there, and
+        `on_header` is not called. `bulk_after`, on a miss, holds the reads after the
+        header's until it is set (tiers.fetch).
         """
         start = time.monotonic()
         # The in-process lock, then the disk tiers' cross-process one (tiers/disk.py):
