@@ -7,7 +7,8 @@ many concurrent ranged reads straight into every target tier at once, so RAM and
 1. the chunks covering the GGUF header come first; the header is parsed as soon as
    they land and handed to `on_header` (the server can describe the model meanwhile);
    with a manifest's chunk digests the fetch does not wait for that parse (the build
-   is offered the verified chunks as they are): it runs on a thread of its own;
+   is offered the verified chunks as they are): it runs on a thread of its own, and
+   with a build offered early, after the first answer (`copies_after`);
 2. every chunk is decompressed (zstd) and verified against its BLAKE3 as it lands; a
    bad or short chunk is fetched again, with exponential backoff, a bounded number of
    times; a source that keeps failing ends in SourceUnavailable / IntegrityError;
