@@ -8,7 +8,8 @@ core.metric_collectors). On a cold start that is GIL-bound import work beside th
 llama.cpp build and the fetch, for code the load never calls.
 
 `register` puts the package in `sys.modules` without running its `__init__`; importing
-a submodule then runs only that module (and what it imports). The package finishes its
+a submodule then runs only that module (and what it imports; a submodule's `from . import
+sibling` asks the package, so import the sibling first). The package finishes its
 `__init__` the first time anything asks it for a name it lacks (PEP 562's module
 `__getattr__`): `from llama_cpp import Llama` or `prometheus_client.REGISTRY` elsewhere in
 the process keep working, they just pay for that import themselves.
@@ -16,7 +17,6 @@ the process keep working, they just pay for that import themselves.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
 import threading
@@ -46,10 +46,6 @@ def _completer(package: ModuleType) -> Any:
     name_of = package.__name__
 
     def __getattr__(name: str) -> Any:
-        if importlib.util.find_spec(f"{name_of}.{name}") is not None:
-            # A submodule (`from . import values` inside the package asks for one this
-            # way): imported on its own, as the package's attribute, like any submodule.
-            return importlib.import_module(f"{name_of}.{name}")
         with once:
             if package.__dict__.get("__getattr__") is __getattr__:
                 del package.__dict__["__getattr__"]

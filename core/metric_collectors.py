@@ -16,6 +16,9 @@ from core import lazy_package
 # llama.cpp build (core.metrics.import_in_background). `render` imports exposition.
 lazy_package.register("prometheus_client")
 
+# metrics.py's `from . import values` asks the package for `values`: imported first, it is
+# the package's attribute already, and the package's __init__ is not run for it.
+import prometheus_client.values  # noqa: E402,F401  # isort: skip
 from prometheus_client.metrics import (  # noqa: E402  (after the registration above)
     Counter,
     Gauge,
