@@ -4,8 +4,9 @@
 imported on first use rather than with this module: prometheus_client's import was 0.04 s
 of GIL-bound work (0.01 s since core.metric_collectors skips its exposition module, which
 brings http.server, wsgiref, urllib and snappy, until `render`), and on a cold start every
-such 0.04 s before the llama.cpp build starts delays the first token by as much (measured on 2 vCPUs: moved to a thread beside the manifest
-read, it made that read 0.05 s slower). So a load's own events (tier hits, progress)
+such 0.04 s before the llama.cpp build starts delays the first token by as much
+(measured on 2 vCPUs: moved to a thread beside the manifest read, it made that read
+0.05 s slower). So a load's own events (tier hits, progress)
 wait in `later` until the collectors exist, and the model manager calls
 `import_in_background` as the build starts, when llama.cpp runs without the GIL.
 """
