@@ -19,6 +19,14 @@ The floor's fetch is the memfd path's client (boto3, a thread per stream, 8 MiB 
 bytes discarded), the fastest here: s3fs, used before, took twice as long on two cores.
 `Llama()` is llama-cpp-python's default (repacking on), as in the two peers.
 
+Beside it, a diagnostic, the CPU floor: the floor takes each half's time alone, as if
+each had the machine to itself. Run in one process, they share its CPUs, and a verified
+load must also hash the bytes and give them memory to land in. So: process start +
+max(the floor's longer half, (fetch CPU + load CPU to `Llama()`'s return + BLAKE3 of
+the file + a memfd's pages of its size) / CPUs) + first token. Where the CPU term is the
+larger, no single process that does the floor's work and verifies what it loads reaches
+the floor on this machine.
+
 strato's own packages are compiled to bytecode first (`compileall`, checked against the
 sources' mtimes), as its deployments ship them (layers/compile-bytecode.sh, the images):
 the peers' libraries were compiled by pip when they were installed, and a run on source
@@ -33,8 +41,8 @@ Two models: the bundled Gemma 3 270M (253 MB) and a Gemma-3-4B-shaped Q4_K file 
 random weights (~2.4 GB, bench/synthetic_gguf.py, cached under --cache). Rounds
 alternate the order of the paths. Printed: per-path medians, spread and CPU seconds
 (each process's user + system CPU at its first token; the floor's: its fetch's plus its
-load's, what running both would cost), ratios, the per-phase table of strato's median
-round, and the RAM-tier swap. Not a test.
+load's, what running both would cost), ratios (the CPU floor's among them), the per-phase
+table of strato's median round, and the RAM-tier swap. Not a test.
 
     make bench-deps      # nginx-light
     .venv/bin/python bench/cold_start.py [--rounds 3] [--rate 80] [--models 270m,4b]
@@ -63,6 +71,7 @@ from s3_standin import S3StandIn  # noqa: E402
 
 BUCKET = "bench"
 PROMPT = "The sky is"
+CPUS = len(os.sched_getaffinity(0))
 
 # --- the child processes (each a fresh interpreter) ------------------------------------
 
@@ -142,11 +151,28 @@ import json, os, sys, time
 t0 = time.monotonic()
 from llama_cpp import Llama
 llm = Llama(sys.argv[1], n_ctx=256, n_threads=int(sys.argv[2]), verbose=False)
-t1 = time.monotonic()
+t1, cpu1 = time.monotonic(), sum(os.times()[:2])
 llm.create_completion(sys.argv[3], max_tokens=1, temperature=0.0)
 t2 = time.monotonic()
 print(json.dumps({"import + Llama()": t1 - t0, "first token": t2 - t1,
-                  "load CPU s": sum(os.times()[:2])}), flush=True)
+                  "load CPU s": sum(os.times()[:2]), "to Llama() CPU s": cpu1}), flush=True)
+"""
+
+# What a verified cold start must do to the bytes beyond the floor's fetch (which reads
+# and drops them): hash them (strato's chunk digests are BLAKE3) and give them memory
+# llama.cpp can map (a memfd's pages, allocated and zeroed by the kernel). CPU seconds
+# of each, on the page-cached file: the least either can cost.
+FLOOR_EXTRAS = """
+import json, mmap, os, sys, time
+import blake3
+with open(sys.argv[1], "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    cpu0 = time.process_time()          # nanoseconds, not os.times()'s 10 ms ticks
+    blake3.blake3(m).digest()
+    cpu1 = time.process_time()
+    fd = os.memfd_create("land", 0)
+    os.posix_fallocate(fd, 0, len(m))
+    cpu2 = time.process_time()
+print(json.dumps({"verify CPU s": cpu1 - cpu0, "memfd pages CPU s": cpu2 - cpu1}))
 """
 
 
@@ -269,9 +295,19 @@ class Bench:
         _, out, _ = first_output([self.py, "-c", FLOOR_LOAD, str(model.file),
                                   str(self.args.threads), PROMPT], self.env)
         load = json.loads(out)
-        total = start + max(fetch, load["import + Llama()"]) + load["first token"]
+        _, out, _ = first_output([self.py, "-c", FLOOR_EXTRAS, str(model.file)], self.env)
+        extras = json.loads(out)
+        longer = max(fetch, load["import + Llama()"])
+        total = start + longer + load["first token"]
+        # The CPU floor: the same halves in one process on this machine's CPUs cannot
+        # take less than their CPU to the first token, and what a verified load adds to
+        # the bytes (FLOOR_EXTRAS), spread over every CPU.
+        work = (fetched["fetch CPU s"] + load["to Llama() CPU s"] + extras["verify CPU s"]
+                + extras["memfd pages CPU s"])
+        cpu_floor = start + max(longer, work / CPUS) + load["first token"]
         # Its CPU: the fetch's (from the HEAD on) and the load process's (all of it).
-        return Run(total, {"process start": start, **fetched, **load,
+        return Run(total, {"process start": start, **fetched, **load, **extras,
+                           "CPU floor": cpu_floor,
                            "CPU s": fetched["fetch CPU s"] + load["load CPU s"]})
 
 
@@ -398,6 +434,12 @@ def report(model: Model, runs: dict[str, list[Run]], streams: int) -> None:
     for peer, target in (("plain", "<= 0.6"), ("memfd", "< 1"), ("floor", "<= 1.15")):
         if "strato" in med and peer in med:
             print(f"| strato / {peer} | {med['strato'] / med[peer]:.2f} | {target} |")
+    if "floor" in med:
+        cpu_floor = statistics.median(r.phases["CPU floor"] for r in runs["floor"])
+        print(f"| CPU floor / floor: the floor's work, verified, on {CPUS} CPUs | "
+              f"{cpu_floor / med['floor']:.2f} | (diagnostic) |")
+        if "strato" in med:
+            print(f"| strato / CPU floor | {med['strato'] / cpu_floor:.2f} | (diagnostic) |")
     if "strato, RAM tier only" in med:
         print(f"| strato (RAM + disk) / strato (RAM only): the write-behind's cost | "
               f"{med['strato'] / med['strato, RAM tier only']:.2f} | |")
