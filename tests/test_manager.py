@@ -293,6 +293,37 @@ def test_a_model_being_unloaded_is_never_handed_out(tmp_path, pushed):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("tiers", ["ram+disk", "disk"])
+def test_a_model_still_loading_is_listed_from_its_manifest(tmp_path, pushed, gemma_path,
+                                                          tiers):
+    """/v1/models lists a cold model from the moment its manifest is read, before the
+    engine exists: the manifest's GGUF summary, and the blob's size (not 0). Without a
+    RAM tier (no early build) the loader's header parse may describe it again, with the
+    same size."""
+    async def main():
+        only_disk = {"tiers": f"disk:{tmp_path / 'disk'}:2GiB"} if tiers == "disk" else {}
+        manager = ModelManager(settings(tmp_path, registry=str(pushed), **only_disk))
+        listed: list[list] = []
+        real_make_room = manager._make_room
+
+        async def make_room(key, need):   # the engine is built after this returns
+            listed.append(manager.models())
+            await real_make_room(key, need)
+
+        manager._make_room = make_room
+        try:
+            engine = await manager.engine("gemma3:270m")
+            (loading,) = listed[0]
+            assert (loading.name, loading.architecture, loading.file_type) == \
+                ("gemma3:270m", "gemma3", "Q4_K_M")
+            assert loading.n_ctx_train == engine.info.n_ctx_train
+            assert loading.size_bytes == gemma_path.stat().st_size == engine.info.size_bytes
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
 def test_load_timeout_answers_503_while_the_load_goes_on(tmp_path, pushed):
     async def main():
         manager = ModelManager(settings(tmp_path, registry=str(pushed), load_timeout=0.001))

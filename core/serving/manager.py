@@ -361,7 +361,8 @@ class ModelManager:
             # Listed while it loads from the start: a cold start's own parse of the
             # header waits for the first answer (Loader.load) and calls no on_header.
             gguf = source.manifest.gguf
-            self._describe(key, gguf.architecture, gguf.context_length, gguf.file_type)
+            self._describe(key, gguf.architecture, gguf.context_length, gguf.file_type,
+                           size_bytes=source.manifest.size)
         loop = asyncio.get_running_loop()
         offered: asyncio.Future[EarlyBlob] = loop.create_future()
 
@@ -375,7 +376,8 @@ class ModelManager:
             loop.call_soon_threadsafe(offer, blob)
 
         fetch = asyncio.ensure_future(asyncio.to_thread(
-            self.loader.load, source.plan, on_header=lambda h: self._header(key, h),
+            self.loader.load, source.plan,
+            on_header=lambda h: self._header(key, h, source.plan.size or 0),
             on_progress=lambda p: self._on_progress(key, p), on_early=on_early,
             copies_after=copies_after, bulk_after=background_import.done))
         either: list[asyncio.Future[Any]] = [fetch, offered]
@@ -550,19 +552,21 @@ class ModelManager:
         first = self.vram.place(layer_bytes, other)
         return oom_attempts(first, len(layer_bytes))
 
-    def _header(self, key: str, header: GGUFHeader) -> None:
+    def _header(self, key: str, header: GGUFHeader, size_bytes: int) -> None:
         """Runs on the loader thread: /v1/models can describe the model from here on."""
         self._describe(key, header.architecture, header.context_length, header.file_type,
-                       header.chat_template)
+                       header.chat_template, size_bytes=size_bytes)
 
     def _describe(self, key: str, architecture: str, context_length: int | None,
-                  file_type: str | None, chat_template: str | None = None) -> None:
-        """/v1/models's entry for a model still loading (the engine's replaces it)."""
+                  file_type: str | None, chat_template: str | None = None, *,
+                  size_bytes: int = 0) -> None:
+        """/v1/models's entry for a model still loading (the engine's replaces it): its
+        size is the blob's, as the engine's will be, not 0 until the load ends."""
         self._headers[key] = ModelInfo(
             name=key, architecture=architecture,
             n_ctx=min(self.settings.ctx, context_length or self.settings.ctx),
             n_ctx_train=context_length or 0, chat_template=chat_template,
-            file_type=file_type, size_bytes=0)
+            file_type=file_type, size_bytes=size_bytes)
 
     def _on_progress(self, key: str, p: Progress) -> None:
         previous = self._progress.get(key)
