@@ -480,7 +480,7 @@ def main() -> int:
         with S3StandIn(root, rate_mb=args.rate) as s3:
             bench = Bench(args, work / "local", s3)
             print(f"S3 stand-in: nginx at {s3.endpoint}, {args.rate:g} MB/s per connection; "
-                  f"{os.cpu_count()} CPUs, {args.threads} threads; {args.rounds} rounds; "
+                  f"{CPUS} CPUs, {args.threads} threads; {args.rounds} rounds; "
                   f"peers' llama.cpp: {args.peer_libs or 'the venv (patched)'}")
             every = {"plain": bench.plain, "memfd": bench.memfd, "strato": bench.strato,
                      "floor": bench.floor}

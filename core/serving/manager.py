@@ -357,12 +357,13 @@ class ModelManager:
         has no early build: the engine is then loaded by the caller as before.
         """
         assert source.plan is not None
+        size = source.plan.size or 0         # a manifest's plan has it: the blob's
         if source.manifest is not None:
             # Listed while it loads from the start: a cold start's own parse of the
             # header waits for the first answer (Loader.load) and calls no on_header.
             gguf = source.manifest.gguf
             self._describe(key, gguf.architecture, gguf.context_length, gguf.file_type,
-                           size_bytes=source.manifest.size)
+                           size_bytes=size)
         loop = asyncio.get_running_loop()
         offered: asyncio.Future[EarlyBlob] = loop.create_future()
 
@@ -377,7 +378,7 @@ class ModelManager:
 
         fetch = asyncio.ensure_future(asyncio.to_thread(
             self.loader.load, source.plan,
-            on_header=lambda h: self._header(key, h, source.plan.size or 0),
+            on_header=lambda h: self._header(key, h, size),
             on_progress=lambda p: self._on_progress(key, p), on_early=on_early,
             copies_after=copies_after, bulk_after=background_import.done))
         either: list[asyncio.Future[Any]] = [fetch, offered]
@@ -559,7 +560,7 @@ class ModelManager:
 
     def _describe(self, key: str, architecture: str, context_length: int | None,
                   file_type: str | None, chat_template: str | None = None, *,
-                  size_bytes: int = 0) -> None:
+                  size_bytes: int) -> None:
         """/v1/models's entry for a model still loading (the engine's replaces it): its
         size is the blob's, as the engine's will be, not 0 until the load ends."""
         self._headers[key] = ModelInfo(
